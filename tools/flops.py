@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 
+from common.atomic import atomic_write_text
 from common import ConfigError, count_parameters, get_config, list_models
 from common.flops import cascade_flops, cumulative_gflops
 
@@ -102,10 +101,7 @@ def update_readme(path: str, table: str, check: bool) -> int:
             return 1
         print(f"{path}: model table is up to date")
         return 0
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(new)
-    os.replace(tmp, path)
+    atomic_write_text(path, new)
     print(f"{path}: model table updated ({table.count(chr(10)) - 1} models)")
     return 0
 
