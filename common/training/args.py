@@ -1,0 +1,157 @@
+"""The command-line schema shared by `torch_impl/train.py` and `ms_impl/train.py`.
+
+Precedence, lowest to highest: parser defaults < the model's recipe (`recipes.recipe_for`) < a YAML
+file given with `--config` < flags on the command line. Keys in the YAML file are the flag names
+(dashes or underscores); an unknown key is an error that lists the valid ones.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+import yaml
+
+from common.registry import get_config
+
+from .recipes import recipe_for
+
+DEFAULT_MODEL = "dvt_tiny_digits"
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+DEVICES = {"torch": ("auto", "cpu", "cuda"), "mindspore": ("auto", "CPU", "GPU", "Ascend")}
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.replace(",", " ").split())
+
+
+def build_train_parser(framework: str = "torch") -> argparse.ArgumentParser:
+    if framework not in DEVICES:
+        raise ValueError(f"framework must be one of {sorted(DEVICES)}, got {framework!r}")
+    p = argparse.ArgumentParser(
+        description=f"Train a DVT cascade ({framework}). With no arguments: the tiny default model on the "
+                    "embedded digits data, then thresholds, budget curve and plots in --output.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-c", "--config", default="", help="YAML file of flag values (flags given here win)")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=None, help=f"registered model name (default: {DEFAULT_MODEL}; see tools/flops.py)")
+    g.add_argument("--num-classes", type=int, default=None, help="override the config's classes (transfer)")
+    g.add_argument("--img-size", type=int, default=None, help="override the config's input size")
+    g.add_argument("--initial-checkpoint", default="",
+                   help="start from these weights (any supported format); a head of another size is re-initialised")
+    g.add_argument("--drop", type=float, default=0.0, help="dropout rate")
+    g.add_argument("--drop-path", type=float, default=None, help="stochastic depth rate (default: recipe)")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", choices=DATASETS, default="digits")
+    g.add_argument("--data-dir", default="", help="dataset root (CIFAR python folder or ImageFolder root)")
+    g.add_argument("--calib-size", type=float, default=None,
+                   help="training images held out for calibrating thresholds (count, or fraction if < 1)")
+    g.add_argument("--workers", type=int, default=2, help="data-loading workers")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=30)
+    g.add_argument("-b", "--batch-size", type=int, default=64, help="per-process batch size")
+    g.add_argument("--opt", default="adamw")
+    g.add_argument("--opt-eps", type=float, default=1e-8)
+    g.add_argument("--opt-betas", type=_floats, default=(0.9, 0.999))
+    g.add_argument("--lr", type=float, default=5e-4)
+    g.add_argument("--weight-decay", type=float, default=0.05)
+    g.add_argument("--clip-grad", type=float, default=None, help="gradient norm clipping (off when unset)")
+    g.add_argument("--sched", default="cosine")
+    g.add_argument("--warmup-epochs", type=int, default=5)
+    g.add_argument("--warmup-lr", type=float, default=1e-6)
+    g.add_argument("--min-lr", type=float, default=1e-5)
+    g.add_argument("--cooldown-epochs", type=int, default=0)
+    g.add_argument("--exit-weights", type=_floats, default=None,
+                   help="per-exit loss weights, e.g. '1,1,1' (default: unweighted sum, as the paper)")
+
+    g = p.add_argument_group("augmentation and regularisation")
+    g.add_argument("--aa", default=None, help="RandAugment policy, e.g. rand-m9-mstd0.5-inc1 (None: off)")
+    g.add_argument("--reprob", type=float, default=0.0, help="random erasing probability")
+    g.add_argument("--remode", default="pixel")
+    g.add_argument("--recount", type=int, default=1)
+    g.add_argument("--mixup", type=float, default=0.0)
+    g.add_argument("--cutmix", type=float, default=0.0)
+    g.add_argument("--mixup-prob", type=float, default=1.0)
+    g.add_argument("--mixup-switch-prob", type=float, default=0.5)
+    g.add_argument("--smoothing", type=float, default=0.1)
+    g.add_argument("--train-interpolation", default="bilinear")
+    g.add_argument("--color-jitter", type=float, default=0.0)
+    g.add_argument("--hflip", type=float, default=0.5)
+    g.add_argument("--scale", type=_floats, default=(0.08, 1.0))
+    g.add_argument("--ratio", type=_floats, default=(3 / 4, 4 / 3))
+    g.add_argument("--model-ema", action=argparse.BooleanOptionalAction, default=False)
+    g.add_argument("--model-ema-decay", type=float, default=0.9998)
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False, help="mixed precision")
+
+    g = p.add_argument_group("run")
+    g.add_argument("--output", default="outputs/train", help="folder for checkpoints, logs, summary, plots")
+    g.add_argument("--resume", default="", help="resume from this checkpoint (or 'auto': the output's last)")
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--log-interval", type=int, default=20)
+    g.add_argument("--eval-batch-size", type=int, default=None, help="default: 2 x batch size")
+    g.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap steps per epoch (smoke tests)")
+    g.add_argument("--device", choices=DEVICES[framework], default="auto")
+    if framework == "mindspore":
+        g.add_argument("--mode", choices=("graph", "pynative"), default="pynative")
+
+    g = p.add_argument_group("thresholds")
+    g.add_argument("--solvers", default="exact,genetic,geometric", help="threshold solvers to run at the end")
+    return p
+
+
+def _load_yaml(path: str, parser: argparse.ArgumentParser) -> dict:
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: --config {path!r} does not exist")
+    with open(path, encoding="utf-8") as fh:
+        try:
+            data = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as err:
+            raise SystemExit(f"error: --config {path!r} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise SystemExit(f"error: --config {path!r} must hold a mapping of flag names to values")
+    valid = {a.dest for a in parser._actions if a.dest not in ("help", "config")}
+    out = {}
+    for key, value in data.items():
+        dest = str(key).lstrip("-").replace("-", "_")
+        if dest not in valid:
+            raise SystemExit(f"error: --config {path!r}: unknown key {key!r}; valid keys: {sorted(valid)}")
+        out[dest] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def parse_train_args(argv=None, framework: str = "torch") -> argparse.Namespace:
+    """Parse with recipe and YAML defaults applied; validate what can be validated without data."""
+    parser = build_train_parser(framework)
+    first = parser.parse_args(argv)  # bad flags fail here, before anything else
+    from_yaml = _load_yaml(first.config, parser) if first.config else {}
+    model = first.model or from_yaml.get("model") or DEFAULT_MODEL
+    try:
+        cfg = get_config(model)
+    except ValueError as err:
+        parser.error(str(err))
+    parser.set_defaults(**recipe_for(cfg.name))
+    parser.set_defaults(**from_yaml)
+    args = parser.parse_args(argv)
+    args.model = cfg.name
+    args.framework = framework
+    _validate(args, parser, cfg)
+    return args
+
+
+def _validate(args, parser, cfg) -> None:
+    if args.dataset in ("cifar10", "cifar100", "imagefolder") and not args.data_dir:
+        parser.error(f"--dataset {args.dataset} needs --data-dir (the dataset root)")
+    if args.exit_weights is not None and len(args.exit_weights) != cfg.num_exits:
+        parser.error(f"--exit-weights needs {cfg.num_exits} values for {cfg.name} "
+                     f"({cfg.num_exits} exits), got {len(args.exit_weights)}")
+    if args.epochs < 1 or args.batch_size < 1:
+        parser.error("--epochs and --batch-size must be >= 1")
+    for name in ("scale", "ratio", "opt_betas"):
+        if len(getattr(args, name)) != 2:
+            parser.error(f"--{name.replace('_', '-')} takes two numbers, got {getattr(args, name)}")
+    if args.eval_batch_size is None:
+        args.eval_batch_size = 2 * args.batch_size
+    if args.drop_path is None:
+        args.drop_path = cfg.drop_path_rate
