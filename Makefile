@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	  $(PYTHON) -m pip install -q --disable-pip-version-check "$$(grep '^uv==' $(CONSTRAINTS))" && UV=$(VENV)/bin/uv; \
 	fi; \
 	if [ -x "$$UV" ]; then \
-	  "$$UV" pip install --python $(PYTHON) -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"; \
+	  "$$UV" pip install --compile-bytecode --python $(PYTHON) -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"; \
 	else \
 	  $(PYTHON) -m pip install -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"; \
 	fi

@@ -1,0 +1,175 @@
+"""Reading, validating and writing PyTorch-side checkpoints.
+
+Formats: `.pth` / `.pt` / `.pth.tar` / `.bin` (torch.load, weights_only) and `.safetensors`.
+Containers (`model_state_dict` of the released DVT files, `state_dict` / `state_dict_ema` of the
+training script, timm/DeiT `model`, bare dicts, `module.` prefixes) are unwrapped by
+`common.checkpoints`, names in the canonical, reference or MindSpore layout are mapped through the
+one table in `common.naming`, and a checkpoint that does not fit raises `CheckpointMismatchError`
+listing missing, unexpected and mis-shaped keys before anything is copied (never a partial load).
+
+    info = load_checkpoint(model, "dvt_t2t_vit_12.pth")       # strict; returns LoadInfo
+    save_checkpoint(model, "out/model.safetensors")           # canonical names, atomic write
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.checkpoints import (CheckpointMismatchError, MismatchReport, check_against_config,
+                                extract_state_dict, resolve_naming)
+from common.config import DVTConfig
+from common.naming import Naming, rename
+
+TORCH_SUFFIXES = (".pth", ".pt", ".pth.tar", ".tar", ".bin")
+SAFETENSORS_SUFFIX = ".safetensors"
+
+__all__ = ["LoadInfo", "read_checkpoint", "canonical_state_dict", "load_checkpoint", "save_checkpoint",
+           "named_state_dict", "CheckpointMismatchError"]
+
+
+@dataclass
+class LoadInfo:
+    """What `load_checkpoint` found: where the weights sat, their naming, and what was set aside."""
+
+    container: str  # key that held the weights ('' for a bare state dict)
+    naming: str  # 'canonical' | 'reference' | 'mindspore'
+    report: MismatchReport
+    dropped: dict = field(default_factory=dict)  # bookkeeping entries skipped (reason -> count)
+    extras: dict = field(default_factory=dict)  # non-tensor entries (e.g. the reference's `flops`)
+
+
+def _suffix_kind(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(SAFETENSORS_SUFFIX):
+        return "safetensors"
+    if name.endswith(TORCH_SUFFIXES):
+        return "torch"
+    raise ValueError(f"{path}: unsupported checkpoint format; expected one of "
+                     f"{TORCH_SUFFIXES + (SAFETENSORS_SUFFIX,)}")
+
+
+def _numpy_globals(path: Path) -> list | None:
+    """The numpy globals a pickle needs (reference containers store numpy extras such as `flops`),
+    or None if it needs anything else. numpy's dtype classes are not listed by torch's scan, so all
+    of them are allowed along with the names it reports."""
+    names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    if not names or not all(n.startswith("numpy.") for n in names):
+        return None
+    out = []
+    for name in names:
+        module, _, attr = name.rpartition(".")
+        out.append((getattr(importlib.import_module(module), attr), name))
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25
+    if dtypes is not None:
+        out += [cls for cls in vars(dtypes).values() if isinstance(cls, type) and issubclass(cls, np.dtype)]
+    return out
+
+
+def read_checkpoint(path, weights_only: bool = True):
+    """Load the raw checkpoint object on CPU.
+
+    With `weights_only` (default) pickles may hold tensors, python containers and numpy values
+    only; pass `weights_only=False` for a trusted file that needs more.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if _suffix_kind(path) == "safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path), device="cpu")
+    if not weights_only:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        allowed = _numpy_globals(path)
+        if allowed is None:
+            raise ValueError(
+                f"{path}: the pickle needs globals beyond tensors, python containers and numpy "
+                f"({torch.serialization.get_unsafe_globals_in_checkpoint(str(path))}); if you trust "
+                "this file, load it with weights_only=False") from err
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _to_tensor(value) -> torch.Tensor:
+    return value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
+
+
+def canonical_state_dict(obj, cfg: DVTConfig, *, use_ema: bool = False, naming: Naming | None = None):
+    """A loaded checkpoint object -> (canonical name -> tensor, naming found, Extracted)."""
+    extracted = extract_state_dict(obj, use_ema=use_ema)
+    naming = resolve_naming(extracted.tensors.keys(), cfg, naming)
+    tensors = {k: _to_tensor(v) for k, v in rename(extracted.tensors, cfg, naming, "canonical").items()}
+    return tensors, naming, extracted
+
+
+def validate(tensors: dict, cfg: DVTConfig, naming: Naming, context: str) -> MismatchReport:
+    """Raise CheckpointMismatchError unless `tensors` (named under `naming`, as in the file, so the
+    report speaks the file's names) hold exactly `cfg`'s parameters."""
+    report = check_against_config({k: tuple(v.shape) for k, v in tensors.items()}, cfg, naming)
+    if not report.ok:
+        raise CheckpointMismatchError(report, context)
+    return report
+
+
+def load_checkpoint(model, path, *, use_ema: bool = False, naming: Naming | None = None,
+                    strict: bool = True, weights_only: bool = True) -> LoadInfo:
+    """Load a checkpoint file into a `DVT` model.
+
+    strict=True: every parameter must be present with its shape and nothing else may be there,
+    checked before copying. strict=False loads the tensors that fit and reports the rest.
+    """
+    cfg = model.config
+    tensors, naming, extracted = canonical_state_dict(read_checkpoint(path, weights_only), cfg,
+                                                      use_ema=use_ema, naming=naming)
+    context = f"model {cfg.name!r} (file {path}, {naming} names)"
+    if strict:
+        report = validate(extracted.tensors, cfg, naming, context)
+    else:  # load what fits; the report (in canonical names) says what did not
+        report = check_against_config({k: tuple(v.shape) for k, v in tensors.items()}, cfg, "canonical")
+        bad = set(report.unexpected) | {name for name, _, _ in report.mis_shaped}
+        tensors = {k: v for k, v in tensors.items() if k not in bad}
+    with torch.no_grad():
+        torch.nn.Module.load_state_dict(model, tensors, strict=strict)  # already validated and renamed
+    return LoadInfo(extracted.container, naming, report, extracted.dropped, extracted.extras)
+
+
+def named_state_dict(model, naming: Naming = "canonical") -> dict:
+    """The model's parameters (detached, CPU, contiguous) under `naming`."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return rename(tensors, model.config, "canonical", naming)
+
+
+def save_checkpoint(model, path, *, naming: Naming = "canonical", extras: dict | None = None) -> Path:
+    """Write the weights (and the config) atomically: a temp file next to `path`, then os.replace.
+
+    `.safetensors` stores the config as JSON metadata; torch formats write
+    `{'state_dict': ..., 'config': ..., 'naming': ..., **extras}`.
+    """
+    path = Path(path)
+    kind = _suffix_kind(path)
+    tensors = named_state_dict(model, naming)
+    config = model.config.to_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        if kind == "safetensors":
+            from safetensors.torch import save_file
+            meta = {"format": "pt", "naming": naming, "config": json.dumps(config)}
+            meta.update({k: json.dumps(v) for k, v in (extras or {}).items()})
+            save_file(tensors, str(tmp), metadata=meta)
+        else:
+            torch.save({"state_dict": tensors, "config": config, "naming": naming, **(extras or {})}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

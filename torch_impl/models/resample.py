@@ -1,0 +1,81 @@
+"""Token-grid resampling from s x s to t x t with the shared constant matrix of `common.resample`.
+
+The reference resizes by nearest x2 upsampling then adaptive average pooling. Both are linear and
+separable, so `y = (A @ X) @ A^T` with one (t, s) matrix A computed once in numpy: torch and
+MindSpore multiply by the same bits, and any s -> t with s <= t <= 2s works (DESIGN.md §2).
+
+FLOPs: fvcore would charge the two matmuls differently from the reference's upsample + pool. Under
+tracing (which is how fvcore sees a model) the op is therefore recorded as one opaque
+`prim::PythonOp.GridResampleFn` that `torch_impl.flops` prices with `common.resample.resample_flops`.
+Eager, compiled and exported models see the plain matmuls, which autograd differentiates.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from common.resample import resample_matrix
+
+
+def _resample(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    return (a @ x) @ a.transpose(-1, -2)
+
+
+class GridResampleFn(torch.autograd.Function):
+    """`(A @ X) @ A^T` as a single traced node; backward is `A^T @ G @ A`."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(a)
+        ctx.x_dtype = x.dtype
+        return _resample(x, a)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (a,) = ctx.saved_tensors
+        a = a.to(grad.dtype)
+        return ((a.transpose(-1, -2) @ grad) @ a).to(ctx.x_dtype), None
+
+
+def resample_grid(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """Resample (..., s, s) maps to (..., t, t); `matrix` is the float32 (t, s) constant."""
+    a = matrix.to(dtype=x.dtype)
+    if torch.jit.is_tracing():
+        return GridResampleFn.apply(x, a)
+    return _resample(x, a)
+
+
+class GridResample(nn.Module):
+    """Holds A for one s -> t step (a non-persistent buffer: never in a state dict)."""
+
+    def __init__(self, src: int, dst: int):
+        super().__init__()
+        self.src, self.dst = src, dst
+        self.register_buffer("matrix", torch.tensor(resample_matrix(src, dst)), persistent=False)
+
+    def extra_repr(self) -> str:
+        return f"{self.src}x{self.src} -> {self.dst}x{self.dst}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., s, s) -> (..., t, t)."""
+        return resample_grid(x, self.matrix)
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Row-major patch tokens (B, s*s, C) -> (B, t*t, C)."""
+        B, _, C = x.shape
+        grid = x.transpose(1, 2).reshape(B, C, self.src, self.src)
+        return self(grid).reshape(B, C, self.dst * self.dst).transpose(1, 2)
+
+    def relations(self, r: torch.Tensor) -> torch.Tensor:
+        """Attention maps (B, C, 1+s*s, 1+s*s) -> (B, C, 1+t*t, 1+t*t).
+
+        The cls row and column are carried over; the key axis is resampled first, then the
+        query axis (transpose, same op, transpose back).
+        """
+        r = self._last_axis(r)
+        return self._last_axis(r.transpose(-1, -2)).transpose(-1, -2)
+
+    def _last_axis(self, r: torch.Tensor) -> torch.Tensor:
+        lead = r.shape[:-1]
+        patches = self(r[..., 1:].reshape(*lead, self.src, self.src))
+        return torch.cat([r[..., :1], patches.reshape(*lead, self.dst * self.dst)], dim=-1)

@@ -1,0 +1,137 @@
+"""Image -> token tokenizers: T2T (soft splits + token layers) and the DeiT patch embedding.
+
+T2T: `unfold(splits[0])`, then for each token layer: layer -> reshape to its grid (row-major) ->
+`unfold(next split)`, and a final Linear `project`. Token layers are either Performers (the DVT
+reference) or one-head Transformers (T2T-ViT's `t2t_vit_t_*`). Everything is explicit matmuls so
+fvcore counts it; `F.unfold` is free, as in the reference count (DESIGN.md §4).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.config import PatchTokenizerConfig, T2TTokenizerConfig
+
+from .layers import Mlp, compute_dtype, full_precision
+
+TOKEN_LAYER_NORM_EPS = 1e-5  # token layers use nn.LayerNorm defaults in the reference
+
+
+class TokenPerformer(nn.Module):
+    """One-head Performer token layer with m positive random features from a frozen `w`.
+
+    `w` (m, emb) is a saved, frozen parameter: checkpoints carry it and it is never redrawn.
+    The random-feature attention runs in at least fp32, also under autocast.
+    """
+
+    def __init__(self, dim: int, emb: int, num_features: int, dropout: float = 0.1, act_layer=nn.GELU):
+        super().__init__()
+        self.emb, self.m = emb, num_features
+        self.epsilon = 1e-8
+        self.kqv = nn.Linear(dim, 3 * emb)
+        self.dp = nn.Dropout(dropout)
+        self.proj = nn.Linear(emb, emb)
+        self.norm1 = nn.LayerNorm(dim, eps=TOKEN_LAYER_NORM_EPS)
+        self.norm2 = nn.LayerNorm(emb, eps=TOKEN_LAYER_NORM_EPS)
+        self.mlp = nn.Sequential(nn.Linear(emb, emb), act_layer(), nn.Linear(emb, emb), nn.Dropout(dropout))
+        w = nn.init.orthogonal_(torch.empty(num_features, emb)) * math.sqrt(num_features)
+        self.w = nn.Parameter(w, requires_grad=False)
+
+    def random_features(self, z: torch.Tensor) -> torch.Tensor:
+        """phi(z) = exp(z @ w^T - |z|^2 / 2) / sqrt(m): (B, T, emb) -> (B, T, m)."""
+        w = self.w.to(z.dtype)
+        return torch.exp(z @ w.transpose(0, 1) - (z * z).sum(dim=-1, keepdim=True) / 2) / math.sqrt(self.m)
+
+    def linear_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        dtype = compute_dtype(v)
+        with full_precision(v):
+            qp, kp = self.random_features(q.to(dtype)), self.random_features(k.to(dtype))
+            normaliser = qp @ kp.sum(dim=1).unsqueeze(-1)  # (B, T, 1)
+            kptv = v.to(dtype).transpose(1, 2) @ kp  # (B, emb, m)
+            y = (qp @ kptv.transpose(1, 2)) / (normaliser + self.epsilon)
+        return y.to(v.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, q, v = torch.split(self.kqv(self.norm1(x)), self.emb, dim=-1)  # reference order: k, q, v
+        y = v + self.dp(self.proj(self.linear_attention(q, k, v)))
+        return y + self.mlp(self.norm2(y))
+
+
+class TokenAttention(nn.Module):
+    """One-head attention from width `dim` to `emb`; skip connection from v (reference quirk:
+    the scale is `dim ** -0.5`, the input width)."""
+
+    def __init__(self, dim: int, emb: int):
+        super().__init__()
+        self.emb = emb
+        self.scale = dim ** -0.5
+        self.qkv = nn.Linear(dim, 3 * emb, bias=False)
+        self.proj = nn.Linear(emb, emb)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        qkv = self.qkv(x).reshape(B, T, 3, 1, self.emb).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+        y = self.proj((attn @ v).transpose(1, 2).reshape(B, T, self.emb))
+        return v.squeeze(1) + y
+
+
+class TokenTransformer(nn.Module):
+    """One-head Transformer token layer (mlp ratio 1, no dropout), as T2T-ViT's `t2t_vit_t_*`."""
+
+    def __init__(self, dim: int, emb: int, act_layer=nn.GELU):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=TOKEN_LAYER_NORM_EPS)
+        self.attn = TokenAttention(dim, emb)
+        self.norm2 = nn.LayerNorm(emb, eps=TOKEN_LAYER_NORM_EPS)
+        self.mlp = Mlp(emb, emb, emb, act_layer=act_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class T2TTokenizer(nn.Module):
+    """Tokens-to-token: (B, C, H, W) -> (B, grid*grid, dim). Token layers are `attention1..n`."""
+
+    def __init__(self, cfg: T2TTokenizerConfig, in_chans: int, dim: int, img_size: int, act_layer=nn.GELU):
+        super().__init__()
+        self.splits = cfg.splits
+        self.layer_grids = [math.isqrt(n) for n in cfg.layer_lengths(img_size)]
+        for i, d_in in enumerate(cfg.layer_in_dims(in_chans), start=1):
+            if cfg.token_layer == "performer":
+                layer = TokenPerformer(d_in, cfg.token_dim, cfg.num_random_features, cfg.dropout, act_layer)
+            else:
+                layer = TokenTransformer(d_in, cfg.token_dim, act_layer)
+            self.add_module(f"attention{i}", layer)
+        self.project = nn.Linear(cfg.project_in_dim(), dim)
+
+    def token_layers(self) -> list[nn.Module]:
+        return [getattr(self, f"attention{i}") for i in range(1, len(self.splits))]
+
+    @staticmethod
+    def soft_split(x: torch.Tensor, split) -> torch.Tensor:
+        return F.unfold(x, split.kernel, stride=split.stride, padding=split.padding).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.soft_split(x, self.splits[0])
+        for layer, grid, split in zip(self.token_layers(), self.layer_grids, self.splits[1:]):
+            x = layer(x)
+            B, _, C = x.shape
+            x = self.soft_split(x.transpose(1, 2).reshape(B, C, grid, grid), split)
+        return self.project(x)
+
+
+class PatchEmbed(nn.Module):
+    """DeiT patch embedding: Conv2d(kernel, stride, padding) -> flatten -> (B, grid*grid, dim)."""
+
+    def __init__(self, cfg: PatchTokenizerConfig, in_chans: int, dim: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, dim, cfg.kernel, stride=cfg.stride, padding=cfg.padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
