@@ -1,0 +1,140 @@
+"""Reading, validating and writing MindSpore-side checkpoints (`.ckpt`, `.safetensors`).
+
+Containers and optimizer state (`adam_m.*`, `adam_v.*`, `global_step`, `learning_rate`, ...) are
+handled by `common.checkpoints`, names in the canonical, MindSpore or reference layout are mapped
+through the one table in `common.naming`, and a checkpoint that does not fit raises
+`CheckpointMismatchError` listing missing, unexpected and mis-shaped keys before anything is copied
+(never a partial load). The lists `load_param_into_net` returns are checked as well.
+
+    info = load_checkpoint(model, "dvt.ckpt")                  # strict; returns LoadInfo
+    save_checkpoint(model, "out/model.safetensors")           # canonical names, atomic write
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mindspore as ms
+import numpy as np
+from mindspore import Parameter, Tensor
+
+from common.checkpoints import (CheckpointMismatchError, MismatchReport, check_against_config,
+                                extract_state_dict, resolve_naming)
+from common.config import DVTConfig
+from common.naming import Naming, rename
+
+CKPT_SUFFIX = ".ckpt"
+SAFETENSORS_SUFFIX = ".safetensors"
+
+__all__ = ["LoadInfo", "read_checkpoint", "load_checkpoint", "save_checkpoint", "named_parameters",
+           "CheckpointMismatchError"]
+
+
+@dataclass
+class LoadInfo:
+    """What `load_checkpoint` found: where the weights sat, their naming, and what was set aside."""
+
+    container: str  # key that held the weights ('' for a flat file)
+    naming: str  # 'canonical' | 'reference' | 'mindspore'
+    report: MismatchReport
+    dropped: dict = field(default_factory=dict)  # bookkeeping entries skipped (reason -> count)
+    extras: dict = field(default_factory=dict)  # non-tensor entries (e.g. the saved config)
+
+
+def _suffix_kind(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(SAFETENSORS_SUFFIX):
+        return "safetensors"
+    if name.endswith(CKPT_SUFFIX):
+        return "ckpt"
+    raise ValueError(f"{path}: unsupported checkpoint format; ms_impl reads and writes "
+                     f"{CKPT_SUFFIX}, {SAFETENSORS_SUFFIX} (convert torch files to .safetensors first)")
+
+
+def read_checkpoint(path) -> dict:
+    """The flat dict of a file: `.ckpt` -> name -> Parameter (plus saved strings), `.safetensors` -> numpy."""
+    path = Path(path)
+    kind = _suffix_kind(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if kind == "ckpt":
+        return dict(ms.load_checkpoint(str(path)))
+    from safetensors.numpy import load_file
+    return load_file(str(path))
+
+
+def _model_config(model) -> DVTConfig:
+    cfg = getattr(model, "config", None)
+    if not isinstance(cfg, DVTConfig):
+        raise TypeError(f"expected an ms_impl DVT model (with .config), got {type(model).__name__}")
+    return cfg
+
+
+def load_checkpoint(model, path, *, use_ema: bool = False, naming: Naming | None = None,
+                    strict: bool = True) -> LoadInfo:
+    """Load a checkpoint file into a `DVT` cell; values are cast to the dtype of its parameters.
+
+    strict=True: every parameter must be present with its shape and nothing else may be there,
+    checked before copying. strict=False loads the tensors that fit and reports the rest.
+    """
+    cfg = _model_config(model)
+    extracted = extract_state_dict(read_checkpoint(path), use_ema=use_ema)
+    tensors = extracted.tensors
+    naming = resolve_naming(tensors.keys(), cfg, naming)
+    context = f"model {cfg.name!r} (file {path}, {naming} names)"
+    report = check_against_config({k: tuple(v.shape) for k, v in tensors.items()}, cfg, naming)
+    if strict and not report.ok:
+        raise CheckpointMismatchError(report, context)
+    bad = set(report.unexpected) | {name for name, _, _ in report.mis_shaped}
+    tensors = rename({k: v for k, v in tensors.items() if k not in bad}, cfg, naming, "mindspore")
+    params = dict(model.parameters_and_names())
+    to_load = {}
+    for name, value in tensors.items():
+        target = params[name]
+        tensor = value if isinstance(value, Tensor) else Tensor(np.ascontiguousarray(value))
+        to_load[name] = Parameter(tensor.astype(target.dtype), name=name, requires_grad=target.requires_grad)
+    not_loaded, unused = ms.load_param_into_net(model, to_load, strict_load=True)
+    if unused or (strict and not_loaded):  # the cell and the config disagree: never ignore it
+        raise CheckpointMismatchError(MismatchReport(missing=list(not_loaded), unexpected=sorted(unused)),
+                                      f"{context}, after load_param_into_net")
+    return LoadInfo(extracted.container, naming, report, extracted.dropped, extracted.extras)
+
+
+def named_parameters(model, naming: Naming = "canonical") -> dict:
+    """The model's parameters as numpy arrays under `naming`."""
+    tensors = {n: p.asnumpy() for n, p in model.parameters_and_names()}
+    return rename(tensors, _model_config(model), "mindspore", naming)
+
+
+def save_checkpoint(model, path, *, naming: Naming | None = None, extras: dict | None = None) -> Path:
+    """Write all parameters (frozen ones included) and the config atomically: a temp file next to
+    `path`, then os.replace, so a crash never leaves a truncated checkpoint.
+
+    Default naming: 'mindspore' for `.ckpt` (what MindSpore's own tools expect), 'canonical' for
+    `.safetensors` (the framework-neutral file torch_impl loads as is). The config (JSON) and `extras`
+    go into the safetensors metadata or, for `.ckpt`, into string entries beside the weights.
+    """
+    path = Path(path)
+    kind = _suffix_kind(path)
+    naming = naming or ("mindspore" if kind == "ckpt" else "canonical")
+    tensors = named_parameters(model, naming)
+    meta = {"naming": naming, "config": json.dumps(_model_config(model).to_dict())}
+    meta.update({k: json.dumps(v) for k, v in (extras or {}).items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # MindSpore appends .ckpt to names without it, so the temp name keeps the suffix.
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        if kind == "safetensors":
+            from safetensors.numpy import save_file
+            save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp),
+                      metadata={"format": "np", **meta})
+        else:
+            ms.save_checkpoint([{"name": k, "data": Tensor(v)} for k, v in tensors.items()], str(tmp),
+                               append_dict=meta)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

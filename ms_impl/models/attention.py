@@ -1,0 +1,58 @@
+"""Multi-head self-attention that writes its logits out and hands them back.
+
+DVT's relationship reuse needs the pre-softmax logits of every block, so the math is spelled out:
+`a = q @ k^T * scale (+ reused)`, `softmax(a) @ v`. The returned logits include the reused part, as in
+the reference, because that sum is what the next exit reuses.
+
+MindSpore-specific: logits, the reused add and the softmax sit in `AttentionLogits`, a parameterless
+float32 island. Being its own cell lets every MindSpore mixed-precision mechanism (`to_float` flags,
+`amp_level='auto'`) keep it in float32 (`ms_impl/amp.py`); in a float32 model its casts are no-ops.
+"""
+from __future__ import annotations
+
+import mindspore.common.dtype as mstype
+from mindspore import nn, ops
+
+from .layers import dropout, linear
+
+
+class AttentionLogits(nn.Cell):
+    """(q, k[, reused]) -> (logits, softmax(logits)), both float32; logits = (q @ k^T) * scale [+ reused]."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = scale
+
+    def construct(self, q, k, reused=None):
+        logits = ops.matmul(q.astype(mstype.float32), k.astype(mstype.float32).swapaxes(-2, -1)) * self.scale
+        if reused is not None:
+            logits = logits + reused.astype(mstype.float32)
+        return logits, ops.softmax(logits, axis=-1)
+
+    def extend_repr(self):
+        return f"scale={self.scale}"
+
+
+class Attention(nn.Cell):
+    """`construct(x, reused_logits=None) -> (out (B,T,D), logits (B,H,T,T))`."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False, scale: float | None = None,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = scale if scale is not None else self.head_dim ** -0.5
+        self.qkv = linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_logits = AttentionLogits(self.scale)
+        self.attn_drop = dropout(attn_drop)
+        self.proj = linear(dim, dim)
+        self.proj_drop = dropout(proj_drop)
+
+    def construct(self, x, reused_logits=None):
+        b, t, d = x.shape
+        qkv = ops.permute(self.qkv(x).reshape(b, t, 3, self.num_heads, self.head_dim), (2, 0, 3, 1, 4))
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        logits, attn = self.attn_logits(q, k, reused_logits)
+        attn = self.attn_drop(attn)
+        out = ops.matmul(attn.astype(v.dtype), v).swapaxes(1, 2).reshape(b, t, d)
+        return self.proj_drop(self.proj(out)), logits

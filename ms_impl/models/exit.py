@@ -1,0 +1,131 @@
+"""One exit of the cascade: a ViT (T2T or DeiT tokenizer) that can reuse the previous exit.
+
+`ViTExit.construct(x, prev_features=None, prev_relations=None) -> (logits, features, relations)`:
+features are the final tokens before the norm (B, T, D), relations the per-block attention logits
+(B, H, T, T) including any reused part. Nothing depends on the batch size, so the adaptive path can
+call an exit on the still-active samples only (with the matching rows of prev_features/relations).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import mindspore.common.dtype as mstype
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import TruncatedNormal, initializer
+
+from common.config import DVTConfig, T2TTokenizerConfig
+from common.pos_embed import sinusoid_table
+
+from .block import Block, ContextSpec
+from .layers import dropout, gelu_layer, layer_norm, linear
+from .resample import GridResample
+from .tokenizers import PatchEmbed, T2TTokenizer
+
+
+class ExitOutput(NamedTuple):
+    """Everything one exit computed (the parity suite compares these across frameworks)."""
+
+    logits: Tensor  # (B, num_classes)
+    features: Tensor  # (B, T, D), final tokens before the norm
+    relations: tuple  # L x (B, H, T, T) attention logits, reused part included
+    reused_context: Optional[tuple]  # L x (B, T, ctx) concatenated into each block's MLP input
+    reused_relations: Optional[tuple]  # L x (B, H, T, T) maps added to each block's logits
+
+
+def check_image(x, in_chans: int, img_size: int) -> None:
+    """ValueError naming the expected shape unless x is (B, in_chans, img_size, img_size).
+
+    Shapes are static at GRAPH-mode compile time, so there the error is raised while compiling."""
+    shape = x.shape
+    if len(shape) != 4 or shape[1] != in_chans or shape[2] != img_size or shape[3] != img_size:
+        raise ValueError(f"expected input of shape (B, {in_chans}, {img_size}, {img_size}), got {tuple(shape)}")
+
+
+def _trunc_normal(shape) -> Tensor:
+    return initializer(TruncatedNormal(sigma=0.02), shape, mstype.float32)
+
+
+class ViTExit(nn.Cell):
+    """Exit `index` of `cfg`. Exits k >= 1 reuse exit k-1 as the config says (DESIGN.md §1-2)."""
+
+    def __init__(self, cfg: DVTConfig, index: int):
+        super().__init__()
+        ex, d = cfg.exits[index], cfg.dim
+        self.index, self.grid = index, ex.grid
+        self.in_chans, self.img_size = cfg.in_chans, cfg.img_size
+        self.num_heads = cfg.num_heads
+        self.feature_reuse = cfg.uses_feature_reuse(index)
+        self.relation_reuse = cfg.uses_relation_reuse(index)
+        prev_grid = cfg.exits[index - 1].grid if index > 0 else None
+        act = gelu_layer(cfg.gelu)
+
+        self.cls_token = Parameter(_trunc_normal((1, 1, d)), name="cls_token")
+        if cfg.pos_embed == "sinusoid":  # fixed table, frozen but saved (reference behaviour)
+            self.pos_embed = Parameter(Tensor(sinusoid_table(ex.num_tokens, d)), name="pos_embed",
+                                       requires_grad=False)
+        else:
+            self.pos_embed = Parameter(_trunc_normal((1, ex.num_tokens, d)), name="pos_embed")
+        if isinstance(ex.tokenizer, T2TTokenizerConfig):
+            self.tokens_to_token = T2TTokenizer(ex.tokenizer, cfg.in_chans, d, cfg.img_size, act)
+            self.tokenizer_name = "tokens_to_token"
+        else:
+            self.patch_embed = PatchEmbed(ex.tokenizer, cfg.in_chans, d)
+            self.tokenizer_name = "patch_embed"
+        self.pos_drop = dropout(cfg.drop_rate)
+
+        context = (ContextSpec(cfg.context_hidden, cfg.context_dim, prev_grid, ex.grid)
+                   if self.feature_reuse else None)
+        self.blocks = nn.CellList([
+            Block(d, cfg.num_heads, cfg.mlp_hidden, qkv_bias=cfg.qkv_bias, scale=cfg.scale,
+                  norm_eps=cfg.norm_eps, act_layer=act, drop=cfg.drop_rate, attn_drop=cfg.attn_drop_rate,
+                  drop_path=rate, context=context)
+            for rate in cfg.drop_path_rates()])
+        self.norm = layer_norm(d, cfg.norm_eps)
+        if self.relation_reuse:
+            c = cfg.relation_channels
+            hidden = c * cfg.relation_mlp_ratio
+            self.relation_reuse_conv = nn.SequentialCell(
+                nn.Conv2d(c, hidden, 1, pad_mode="pad", padding=0, has_bias=True), act(),
+                nn.Conv2d(hidden, c, 1, pad_mode="pad", padding=0, has_bias=True))
+            self.relation_resample = GridResample(prev_grid, ex.grid)
+        self.head = linear(d, cfg.num_classes)
+
+    def tokenize(self, x):
+        """(B, C, H, W) -> patch tokens (B, grid*grid, D)."""
+        return getattr(self, self.tokenizer_name)(x)
+
+    def reuse_relations(self, prev_relations) -> tuple:
+        """L x (B, H, Tp, Tp) logits of exit k-1 -> L x (B, H, T, T) maps to add, block by block."""
+        r = self.relation_reuse_conv(ops.cat(prev_relations, axis=1))  # layer-major channels
+        return ops.split(self.relation_resample.relations(r), self.num_heads, axis=1)
+
+    def construct(self, x, prev_features=None, prev_relations=None, collect=False):
+        """-> (logits, features, relations); with `collect=True` an `ExitOutput` with the reused parts."""
+        check_image(x, self.in_chans, self.img_size)
+        self._check_reuse_inputs(prev_features, prev_relations)
+        t = self.tokenize(x)
+        cls = ops.broadcast_to(self.cls_token, (t.shape[0], 1, t.shape[2]))
+        # The residual stream takes the parameters' dtype: float32 unless the whole exit runs in low precision.
+        t = self.pos_drop(ops.cat((cls, t.astype(cls.dtype)), axis=1) + self.pos_embed)
+        reused = self.reuse_relations(prev_relations) if self.relation_reuse else None
+        relations = ()
+        contexts = ()
+        for i, block in enumerate(self.blocks):
+            out = block(t, prev_features, None if reused is None else reused[i], collect)
+            t = out[0]
+            relations += (out[1],)
+            if collect:
+                contexts += (out[2],)
+        logits = self.head(self.norm(t)[:, 0])
+        if not collect:
+            return logits, t, relations
+        return ExitOutput(logits, t, relations, contexts if self.feature_reuse else None,
+                          tuple(reused) if reused is not None else None)
+
+    def _check_reuse_inputs(self, prev_features, prev_relations) -> None:
+        if self.feature_reuse != (prev_features is not None):
+            raise ValueError(f"exit {self.index}: feature reuse is {self.feature_reuse} but prev_features "
+                             f"{'was' if prev_features is not None else 'was not'} given")
+        if self.relation_reuse != (prev_relations is not None):
+            raise ValueError(f"exit {self.index}: relation reuse is {self.relation_reuse} but prev_relations "
+                             f"{'was' if prev_relations is not None else 'was not'} given")

@@ -1,0 +1,106 @@
+"""Small building blocks shared by every DVT cell: Linear/LayerNorm with the reference init, the GELU
+factory, Mlp and DropPath (MindSpore has no timm, so the last two are written out here).
+
+MindSpore's defaults differ from torch's where parity depends on them (DESIGN.md §6): `nn.LayerNorm`
+uses eps 1e-7, `nn.GELU()` the tanh approximation, `nn.Dense` a He-uniform init. The helpers here spell
+every one of those choices out, so no cell of the model relies on a framework default.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+from mindspore import nn, ops
+from mindspore.common.initializer import TruncatedNormal
+
+__all__ = ["linear", "layer_norm", "GELU", "gelu_layer", "dropout", "drop_path_layer", "DropPath", "Mlp"]
+
+
+def linear(in_features: int, out_features: int, bias: bool = True) -> nn.Dense:
+    """`nn.Dense` (weight (out, in) like torch) with trunc_normal(.02) weights and zero bias (reference init)."""
+    return nn.Dense(in_features, out_features, weight_init=TruncatedNormal(sigma=0.02), bias_init="zeros",
+                    has_bias=bias)
+
+
+def layer_norm(dim: int, eps: float) -> nn.LayerNorm:
+    """LayerNorm over the last axis, weight 1 / bias 0, with an explicit epsilon (MindSpore's default is 1e-7)."""
+    return nn.LayerNorm((dim,), epsilon=eps)
+
+
+class GELU(nn.Cell):
+    """GELU with torch's string API: approximate='none' (exact, erf) or 'tanh'.
+
+    Written over `ops.gelu` rather than `nn.GELU`, whose `approximate` argument changes from bool to str
+    (and its default from tanh) across MindSpore 2.x releases: the choice here never depends on a default.
+    """
+
+    def __init__(self, approximate: str = "none"):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def construct(self, x):
+        return ops.gelu(x, approximate=self.approximate)
+
+    def extend_repr(self):
+        return f"approximate={self.approximate!r}"
+
+
+def gelu_layer(kind: str):
+    """GELU cell factory: 'erf' is the exact GELU of the reference, 'tanh' the approximation."""
+    if kind == "erf":
+        return partial(GELU, approximate="none")
+    if kind == "tanh":
+        return partial(GELU, approximate="tanh")
+    raise ValueError(f"gelu must be 'erf' or 'tanh', got {kind!r}")
+
+
+def dropout(p: float) -> nn.Dropout:
+    """`nn.Dropout` with the MindSpore 2.x keyword `p` (drop probability); identity in eval mode or at p=0."""
+    return nn.Dropout(p=float(p))
+
+
+class DropPath(nn.Cell):
+    """Stochastic depth per sample, as timm's DropPath: drop the residual branch, scale survivors by 1/keep.
+
+    One keep/drop draw per sample: `nn.Dropout` applied to a (B, 1, ..., 1) tensor of ones gives exactly
+    timm's bernoulli(keep) / keep mask. Identity in eval mode.
+    """
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+        self.dropout = dropout(self.drop_prob)
+
+    def construct(self, x):
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        return x * self.dropout(ops.ones(shape, x.dtype))
+
+    def extend_repr(self):
+        return f"drop_prob={self.drop_prob}"
+
+
+def drop_path_layer(rate: float) -> nn.Cell:
+    return DropPath(rate) if rate > 0.0 else nn.Identity()
+
+
+class Mlp(nn.Cell):
+    """timm's Mlp: fc1 -> act -> drop -> fc2 -> drop (parameter names fc1/fc2)."""
+
+    def __init__(self, in_features: int, hidden_features: int | None = None, out_features: int | None = None,
+                 act_layer=None, drop: float = 0.0):
+        super().__init__()
+        hidden_features = hidden_features or in_features
+        out_features = out_features or in_features
+        act_layer = act_layer or gelu_layer("erf")
+        self.fc1 = linear(in_features, hidden_features)
+        self.act = act_layer()
+        self.drop1 = dropout(drop)
+        self.fc2 = linear(hidden_features, out_features)
+        self.drop2 = dropout(drop)
+
+    def construct(self, x):
+        x = self.drop1(self.act(self.fc1(x)))
+        return self.drop2(self.fc2(x))

@@ -1,0 +1,31 @@
+"""Where and how MindSpore runs: the device target and execution mode behind tools' `--device`/`--mode`.
+
+MindSpore binds one device target per process and wants it before the first kernel runs, so tools call
+`configure` first thing. Accepts the names users type for torch too ('cuda', 'npu').
+"""
+from __future__ import annotations
+
+import mindspore as ms
+
+DEVICES = {"cpu": "CPU", "gpu": "GPU", "cuda": "GPU", "ascend": "Ascend", "npu": "Ascend"}
+MODES = {"pynative": ms.PYNATIVE_MODE, "graph": ms.GRAPH_MODE}
+
+
+def device_target(device: str) -> str:
+    """'cpu' | 'gpu'/'cuda' | 'ascend'/'npu' (any case) -> MindSpore's device target name."""
+    key = str(device).lower().split(":")[0]
+    if key not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; expected one of {sorted(DEVICES)}")
+    return DEVICES[key]
+
+
+def configure(device: str | None = None, mode: str | None = None, device_id: int | None = None) -> None:
+    """Set the device target (before any kernel has run) and/or the mode ('pynative' | 'graph')."""
+    if device is not None:
+        if device_id is None and ":" in str(device):
+            device_id = int(str(device).split(":", 1)[1])
+        ms.set_device(device_target(device), device_id)
+    if mode is not None:
+        if mode.lower() not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; expected one of {sorted(MODES)}")
+        ms.set_context(mode=MODES[mode.lower()])
