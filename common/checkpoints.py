@@ -19,6 +19,7 @@ EMA_KEYS = ("state_dict_ema", "model_ema", "ema")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "ema.", "model.")
 # Training bookkeeping that may sit beside the weights (torch containers, MindSpore .ckpt files).
 BOOKKEEPING_PREFIXES = ("adam_m.", "adam_v.", "moments.", "accum.", "exp_avg.", "exp_avg_sq.",
+                        "max_exp_avg_sq.", "moment1.", "moment2.", "state_step",  # MindSpore Adam/AdamW
                         "optimizer.", "global_step", "learning_rate", "current_iterator_step",
                         "last_overflow_iterator_step", "epoch_num", "step_num", "loss_scale",
                         "scale_sense", "beta1_power", "beta2_power", "momentum")

@@ -138,3 +138,29 @@ def save_checkpoint(model, path, *, naming: Naming | None = None, extras: dict |
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+# ---- used by tools/convert_weights.py (numpy in, file out) ------------------------------------------
+def parameter_to_numpy(value) -> np.ndarray:
+    """A `.ckpt` entry (Parameter/Tensor) -> numpy; bfloat16 becomes float32, exactly."""
+    if isinstance(value, Tensor):
+        if value.dtype == ms.bfloat16:
+            value = value.astype(ms.float32)
+        return value.asnumpy()
+    return np.asarray(value)
+
+
+def save_state_dict(tensors: dict, path, *, metadata: dict, dtype: str = "fp32") -> Path:
+    """Write name -> numpy array as a MindSpore `.ckpt`, atomically; `metadata` (str -> str, e.g. the
+    config JSON and the naming) goes into string entries beside the weights, as `save_checkpoint` does.
+    `dtype` ('fp32' | 'fp16' | 'bf16') applies to floating tensors."""
+    from common.atomic import atomic_path
+    target = {"fp32": ms.float32, "fp16": ms.float16, "bf16": ms.bfloat16}[dtype]
+    entries = []
+    for name, value in tensors.items():
+        t = Tensor(np.ascontiguousarray(value))
+        entries.append({"name": name, "data": t.astype(target) if value.dtype.kind == "f" else t})
+    path = Path(path)
+    with atomic_path(path, CKPT_SUFFIX) as tmp:  # MindSpore appends .ckpt to names without it
+        ms.save_checkpoint(entries, str(tmp), append_dict=dict(metadata))
+    return path

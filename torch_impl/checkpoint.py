@@ -173,3 +173,33 @@ def save_checkpoint(model, path, *, naming: Naming = "canonical", extras: dict |
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+# ---- used by tools/convert_weights.py (numpy in, file out) ------------------------------------------
+def tensor_to_numpy(value) -> np.ndarray:
+    """A checkpoint tensor -> numpy on CPU; bfloat16 (which numpy lacks) becomes float32, exactly."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        return (value.float() if value.dtype == torch.bfloat16 else value).numpy()
+    return np.asarray(value)
+
+
+def save_state_dict(tensors: dict, path, *, config: dict, naming: Naming = "canonical", dtype: str = "fp32",
+                    extras: dict | None = None) -> Path:
+    """Write name -> numpy array as a torch container, atomically (temp file + rename).
+
+    Canonical names go under `state_dict` (what `create_model(name, checkpoint_path=...)` loads), reference
+    names under `model_state_dict` (the released DVT files' container); `config` and `naming` go beside
+    them. `dtype` ('fp32' | 'fp16' | 'bf16') applies to floating tensors.
+    """
+    from common.atomic import atomic_path
+    target = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    state = {}
+    for name, value in tensors.items():
+        t = torch.from_numpy(np.ascontiguousarray(value))
+        state[name] = t.to(target) if t.is_floating_point() else t
+    key = "model_state_dict" if naming == "reference" else "state_dict"
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save({key: state, "config": config, "naming": naming, **(extras or {})}, tmp)
+    return path
