@@ -7,6 +7,11 @@ the reference, because that sum is what the next exit reuses.
 MindSpore-specific: logits, the reused add and the softmax sit in `AttentionLogits`, a parameterless
 float32 island. Being its own cell lets every MindSpore mixed-precision mechanism (`to_float` flags,
 `amp_level='auto'`) keep it in float32 (`ms_impl/amp.py`); in a float32 model its casts are no-ops.
+
+`need_logits=False` mirrors torch_impl (the caller throws the logits away: the last exit of adaptive
+inference) and returns None for them. The math stays explicit here: MindSpore 2.10 has no fused attention
+kernel on CPU (`ops.flash_attention_score` and `ops.fused_infer_attention_score` are unregistered there,
+`ops.prompt_flash_attention` takes float16/bfloat16 only), so the outputs are those of the default path.
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ class AttentionLogits(nn.Cell):
 
 
 class Attention(nn.Cell):
-    """`construct(x, reused_logits=None) -> (out (B,T,D), logits (B,H,T,T))`."""
+    """`construct(x, reused_logits=None, need_logits=True) -> (out (B,T,D), logits (B,H,T,T) or None)`."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False, scale: float | None = None,
                  attn_drop: float = 0.0, proj_drop: float = 0.0):
@@ -48,11 +53,13 @@ class Attention(nn.Cell):
         self.proj = linear(dim, dim)
         self.proj_drop = dropout(proj_drop)
 
-    def construct(self, x, reused_logits=None):
+    def construct(self, x, reused_logits=None, need_logits=True):
         b, t, d = x.shape
         qkv = ops.permute(self.qkv(x).reshape(b, t, 3, self.num_heads, self.head_dim), (2, 0, 3, 1, 4))
         q, k, v = qkv[0], qkv[1], qkv[2]
         logits, attn = self.attn_logits(q, k, reused_logits)
         attn = self.attn_drop(attn)
         out = ops.matmul(attn.astype(v.dtype), v).swapaxes(1, 2).reshape(b, t, d)
+        if not need_logits:  # no fused kernel on CPU (module docstring): same math, logits dropped
+            return self.proj_drop(self.proj(out)), None
         return self.proj_drop(self.proj(out)), logits

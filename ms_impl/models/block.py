@@ -29,7 +29,8 @@ class Block(nn.Cell):
     """`construct(x, prev_features=None, reused_logits=None) -> (out, logits)`.
 
     With `collect=True` it returns `(out, logits, context)`, where `context` is the (B, T, ctx) tensor
-    concatenated into the MLP input (None without feature reuse).
+    concatenated into the MLP input (None without feature reuse). `need_logits=False`: `logits` is None
+    (see `attention.py`).
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_hidden: int, *, qkv_bias: bool = False,
@@ -50,8 +51,8 @@ class Block(nn.Cell):
                 layer_norm(dim, norm_eps), Mlp(dim, context.hidden, context.dim, act_layer=act_layer, drop=drop))
             self.context_resample = GridResample(context.src_grid, context.dst_grid)
 
-    def construct(self, x, prev_features=None, reused_logits=None, collect=False):
-        attn_out, logits = self.attn(self.norm1(x), reused_logits)
+    def construct(self, x, prev_features=None, reused_logits=None, collect=False, need_logits=True):
+        attn_out, logits = self.attn(self.norm1(x), reused_logits, need_logits)
         h = x + self.drop_path(attn_out)
         context = None
         if prev_features is None:

@@ -3,6 +3,7 @@
     model = DVT(common.get_config("dvt_t2t_vit_12"))
     logits = model(x)                                    # tuple of K (B, num_classes), train and eval
     outs = model.forward_intermediates(x, num_exits=2)   # list of ExitOutput, for parity/FLOPs
+    res = model.forward_adaptive(x, thresholds)          # early exit: AdaptiveResult (adaptive.py)
 
 Runs in PYNATIVE and GRAPH mode (`mindspore.set_context(mode=GRAPH_MODE)` or `mindspore.jit`) with
 any batch size. Parameter names equal `common.naming.name_map(cfg, 'mindspore')`: the torch names
@@ -14,6 +15,7 @@ from mindspore import nn
 
 from common.config import DVTConfig
 
+from .adaptive import AdaptiveResult, adaptive_forward
 from .exit import ViTExit
 
 
@@ -50,6 +52,15 @@ class DVT(nn.Cell):
         if not 1 <= num_exits <= self.num_exits:
             raise ValueError(f"num_exits must be in 1..{self.num_exits}, got {num_exits}")
         return list(self._cascade(x, num_exits, True))
+
+    def forward_adaptive(self, x, thresholds, criterion: str | None = None, *, budget: float | None = None,
+                         fast: bool = True) -> AdaptiveResult:
+        """Early exit: each sample runs exits until one is confident enough (`adaptive.adaptive_forward`).
+
+        A Python-side entry point like `forward_intermediates`; in GRAPH mode each exit is compiled once
+        with a dynamic batch axis.
+        """
+        return adaptive_forward(self, x, thresholds, criterion, budget=budget, fast=fast)
 
     def _cascade(self, x, num_exits: int, collect: bool):
         outputs = ()

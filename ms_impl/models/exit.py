@@ -4,6 +4,10 @@
 features are the final tokens before the norm (B, T, D), relations the per-block attention logits
 (B, H, T, T) including any reused part. Nothing depends on the batch size, so the adaptive path can
 call an exit on the still-active samples only (with the matching rows of prev_features/relations).
+`need_relations=False` (no later exit reuses them): relations None (see `attention.py`).
+`fast=True` (adaptive inference): the reused relations are computed with larger kernels
+(`reuse_relations`); outputs equal the default path within fp32 rounding. The defaults are the
+reference computation that parity and FLOPs counting use.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import mindspore.common.dtype as mstype
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 
+from common.adaptive import relation_resample_matrix
 from common.config import DVTConfig, T2TTokenizerConfig
 from common.pos_embed import sinusoid_table
 
@@ -39,6 +44,11 @@ def check_image(x, in_chans: int, img_size: int) -> None:
     shape = x.shape
     if len(shape) != 4 or shape[1] != in_chans or shape[2] != img_size or shape[3] != img_size:
         raise ValueError(f"expected input of shape (B, {in_chans}, {img_size}, {img_size}), got {tuple(shape)}")
+
+
+def _matrix(conv_weight, dtype):
+    """A 1x1 convolution's weight (out, in, 1, 1) as an (out, in) matrix."""
+    return conv_weight.reshape(conv_weight.shape[0], conv_weight.shape[1]).astype(dtype)
 
 
 def _trunc_normal(shape) -> Tensor:
@@ -88,35 +98,61 @@ class ViTExit(nn.Cell):
                 nn.Conv2d(c, hidden, 1, pad_mode="pad", padding=0, has_bias=True), act(),
                 nn.Conv2d(hidden, c, 1, pad_mode="pad", padding=0, has_bias=True))
             self.relation_resample = GridResample(prev_grid, ex.grid)
+            self.relation_matrix = Tensor(relation_resample_matrix(prev_grid, ex.grid))  # fast path; a constant
         self.head = linear(d, cfg.num_classes)
 
     def tokenize(self, x):
         """(B, C, H, W) -> patch tokens (B, grid*grid, D)."""
         return getattr(self, self.tokenizer_name)(x)
 
-    def reuse_relations(self, prev_relations) -> tuple:
-        """L x (B, H, Tp, Tp) logits of exit k-1 -> L x (B, H, T, T) maps to add, block by block."""
-        r = self.relation_reuse_conv(ops.cat(prev_relations, axis=1))  # layer-major channels
-        return ops.split(self.relation_resample.relations(r), self.num_heads, axis=1)
+    def reuse_relations(self, prev_relations, fast=False) -> tuple:
+        """L x (B, H, Tp, Tp) logits of exit k-1 -> L x (B, H, T, T) maps to add, block by block.
 
-    def construct(self, x, prev_features=None, prev_relations=None, collect=False):
-        """-> (logits, features, relations); with `collect=True` an `ExitOutput` with the reused parts."""
+        `fast=True`: the same maps from fewer, larger kernels: the 1x1 convolutions as matmuls over
+        channels-last pixels, and the resampling of both axes as `M @ R @ M^T` with the dense
+        `relation_matrix` M (cls carried, A kron A on patches).
+        """
+        if not fast:
+            r = self.relation_reuse_conv(ops.cat(prev_relations, axis=1))  # layer-major channels
+            return ops.split(self.relation_resample.relations(r), self.num_heads, axis=1)
+        conv1, act, conv2 = self.relation_reuse_conv[0], self.relation_reuse_conv[1], self.relation_reuse_conv[2]
+        pixels = ()
+        for r in prev_relations:
+            pixels += (ops.permute(r, (0, 2, 3, 1)),)
+        x = ops.cat(pixels, axis=-1)  # (B, Tp, Tp, HL) layer-major
+        x = act(ops.matmul(x, _matrix(conv1.weight, x.dtype).swapaxes(0, 1)) + conv1.bias.astype(x.dtype))
+        x = ops.matmul(x, _matrix(conv2.weight, x.dtype).swapaxes(0, 1)) + conv2.bias.astype(x.dtype)
+        b, tp, _, c = x.shape
+        m = self.relation_matrix.astype(x.dtype)
+        r = ops.matmul(ops.permute(x, (0, 3, 1, 2)).reshape(-1, tp, tp), m.swapaxes(0, 1))  # key axis
+        t = m.shape[0]
+        return ops.split(ops.matmul(m, r).reshape(b, c, t, t), self.num_heads, axis=1)  # query axis
+
+    def construct(self, x, prev_features=None, prev_relations=None, collect=False, need_relations=True, fast=False):
+        """-> (logits, features, relations); with `collect=True` an `ExitOutput` with the reused parts.
+
+        `need_relations=False`: the blocks drop their attention logits and `relations` is None.
+        `fast=True`: fast relation-reuse kernels (`reuse_relations`).
+        """
         check_image(x, self.in_chans, self.img_size)
         self._check_reuse_inputs(prev_features, prev_relations)
         t = self.tokenize(x)
         cls = ops.broadcast_to(self.cls_token, (t.shape[0], 1, t.shape[2]))
         # The residual stream takes the parameters' dtype: float32 unless the whole exit runs in low precision.
         t = self.pos_drop(ops.cat((cls, t.astype(cls.dtype)), axis=1) + self.pos_embed)
-        reused = self.reuse_relations(prev_relations) if self.relation_reuse else None
+        reused = self.reuse_relations(prev_relations, fast) if self.relation_reuse else None
         relations = ()
         contexts = ()
         for i, block in enumerate(self.blocks):
-            out = block(t, prev_features, None if reused is None else reused[i], collect)
+            out = block(t, prev_features, None if reused is None else reused[i], collect, need_relations)
             t = out[0]
-            relations += (out[1],)
+            if need_relations:
+                relations += (out[1],)
             if collect:
                 contexts += (out[2],)
         logits = self.head(self.norm(t)[:, 0])
+        if not need_relations:
+            relations = None
         if not collect:
             return logits, t, relations
         return ExitOutput(logits, t, relations, contexts if self.feature_reuse else None,

@@ -3,6 +3,7 @@
     model = DVT(common.get_config("dvt_t2t_vit_12"))
     logits = model(x)                               # tuple of K (B, num_classes), train and eval
     outs = model.forward_intermediates(x, num_exits=2)   # list of ExitOutput, for parity/FLOPs
+    res = model.forward_adaptive(x, thresholds)          # early exit: AdaptiveResult (adaptive.py)
 
 `load_state_dict` accepts the canonical, reference (official DVT) and MindSpore namings as well as
 checkpoint containers, because timm's `create_model(..., checkpoint_path=...)` hands it whatever
@@ -16,6 +17,7 @@ from torch import nn
 from common.config import DVTConfig
 
 from ..checkpoint import canonical_state_dict, validate
+from .adaptive import AdaptiveResult, adaptive_forward
 from .exit import ExitOutput, ViTExit
 
 
@@ -43,6 +45,11 @@ class DVT(nn.Module):
         if not 1 <= num_exits <= self.num_exits:
             raise ValueError(f"num_exits must be in 1..{self.num_exits}, got {num_exits}")
         return self._cascade(x, num_exits, collect=True)
+
+    def forward_adaptive(self, x: torch.Tensor, thresholds, criterion: str | None = None, *,
+                         budget: float | None = None, fast: bool = True) -> AdaptiveResult:
+        """Early exit: each sample runs exits until one is confident enough (`adaptive.adaptive_forward`)."""
+        return adaptive_forward(self, x, thresholds, criterion, budget=budget, fast=fast)
 
     def _cascade(self, x: torch.Tensor, num_exits: int, collect: bool) -> list:
         outputs, features, relations = [], None, None

@@ -4,14 +4,20 @@
 features are the final tokens before the norm (B, T, D), relations the per-block attention logits
 (B, H, T, T) including any reused part. Nothing depends on the batch size, so the adaptive path can
 call an exit on the still-active samples only (with the matching rows of prev_features/relations).
+`need_relations=False` (no later exit reuses them): fused attention in every block, relations None.
+`fast=True` (adaptive inference): the reused relations are computed with larger kernels
+(`reuse_relations`); outputs equal the default path within fp32 rounding. The defaults are the
+reference computation that parity and FLOPs counting use.
 """
 from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from common.adaptive import relation_resample_matrix
 from common.config import DVTConfig, T2TTokenizerConfig
 from common.pos_embed import sinusoid_table
 
@@ -78,6 +84,8 @@ class ViTExit(nn.Module):
             hidden = c * cfg.relation_mlp_ratio
             self.relation_reuse_conv = nn.Sequential(nn.Conv2d(c, hidden, 1), act(), nn.Conv2d(hidden, c, 1))
             self.relation_resample = GridResample(prev_grid, ex.grid)
+            self.register_buffer("relation_matrix", torch.tensor(relation_resample_matrix(prev_grid, ex.grid)),
+                                 persistent=False)  # fast path only; never in a state dict
         self.head = nn.Linear(d, cfg.num_classes)
 
         self.apply(init_weights)
@@ -91,31 +99,51 @@ class ViTExit(nn.Module):
         tokenizer = self.tokens_to_token if hasattr(self, "tokens_to_token") else self.patch_embed
         return tokenizer(x)
 
-    def reuse_relations(self, prev_relations) -> tuple:
-        """L x (B, H, Tp, Tp) logits of exit k-1 -> L x (B, H, T, T) maps to add, block by block."""
-        r = self.relation_reuse_conv(torch.cat(list(prev_relations), dim=1))  # layer-major channels
-        return self.relation_resample.relations(r).split(self.num_heads, dim=1)
+    def reuse_relations(self, prev_relations, fast: bool = False) -> tuple:
+        """L x (B, H, Tp, Tp) logits of exit k-1 -> L x (B, H, T, T) maps to add, block by block.
+
+        `fast=True`: the same maps from fewer, larger kernels: the 1x1 convolutions as matmuls over
+        channels-last pixels, and the resampling of both axes as `M @ R @ M^T` with the dense
+        `relation_matrix` M (cls carried, A kron A on patches). About 2x faster on CPU at 10x10 -> 14x14.
+        """
+        if not fast:
+            r = self.relation_reuse_conv(torch.cat(list(prev_relations), dim=1))  # layer-major channels
+            return self.relation_resample.relations(r).split(self.num_heads, dim=1)
+        conv1, act, conv2 = self.relation_reuse_conv
+        x = torch.cat([r.permute(0, 2, 3, 1) for r in prev_relations], dim=-1)  # (B, Tp, Tp, HL) layer-major
+        x = F.linear(act(F.linear(x, conv1.weight.flatten(1), conv1.bias)), conv2.weight.flatten(1), conv2.bias)
+        B, tp, _, c = x.shape
+        m = self.relation_matrix.to(x.dtype)
+        r = x.permute(0, 3, 1, 2).reshape(B * c, tp, tp) @ m.transpose(0, 1)  # key axis
+        t = m.shape[0]
+        return (m @ r).reshape(B, c, t, t).split(self.num_heads, dim=1)  # query axis
 
     def forward(self, x: torch.Tensor, prev_features: torch.Tensor | None = None,
-                prev_relations=None, collect: bool = False):
-        """-> (logits, features, relations); with `collect=True` an `ExitOutput` with the reused parts."""
+                prev_relations=None, collect: bool = False, need_relations: bool = True, fast: bool = False):
+        """-> (logits, features, relations); with `collect=True` an `ExitOutput` with the reused parts.
+
+        `need_relations=False`: the blocks use fused attention and `relations` is None.
+        `fast=True`: fast relation-reuse kernels (`reuse_relations`).
+        """
         check_image(x, self.in_chans, self.img_size)
         self._check_reuse_inputs(prev_features, prev_relations)
         t = self.tokenize(x)
         t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], dim=1)
         t = self.pos_drop(t + self.pos_embed)
-        reused = self.reuse_relations(prev_relations) if self.relation_reuse else None
+        reused = self.reuse_relations(prev_relations, fast) if self.relation_reuse else None
         relations, contexts = [], []
         for i, block in enumerate(self.blocks):
-            out = block(t, prev_features, None if reused is None else reused[i], collect=collect)
+            out = block(t, prev_features, None if reused is None else reused[i], collect=collect,
+                        need_logits=need_relations)
             t = out[0]
             relations.append(out[1])
             if collect:
                 contexts.append(out[2])
         logits = self.head(self.norm(t)[:, 0])
+        relations = tuple(relations) if need_relations else None
         if not collect:
-            return logits, t, tuple(relations)
-        return ExitOutput(logits, t, tuple(relations), tuple(contexts) if self.feature_reuse else None,
+            return logits, t, relations
+        return ExitOutput(logits, t, relations, tuple(contexts) if self.feature_reuse else None,
                           tuple(reused) if reused is not None else None)
 
     def _check_reuse_inputs(self, prev_features, prev_relations) -> None:

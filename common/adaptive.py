@@ -1,0 +1,149 @@
+"""Framework-neutral half of adaptive (early-exit) inference: thresholds in, exit decisions out.
+
+`torch_impl.models.adaptive` and `ms_impl.models.adaptive` run the exits; everything they decide goes
+through here, so that both frameworks take the same decisions as the offline evaluation:
+
+- `resolve_thresholds`: a threshold set (K-1 or K numbers) or a `ThresholdCurve` plus a budget ->
+  thresholds (K,) float64 with the last one -inf, and the criterion they belong to.
+- `leave_mask`: which of the samples that reached exit k leave there. The score is the criterion's
+  function from `common.thresholds.scores` (float64 max-softmax or entropy score, row by row) and the
+  comparison is `common.thresholds.rule.exit_mask`, the one exit rule: given the same logits, online
+  decisions equal `offline_exits` bit for bit.
+- `offline_exits`: the exit of every sample from the logits of every exit (the "full cascade + offline
+  rule" that adaptive inference must reproduce).
+- `thresholds_for_fractions`: thresholds under which given fractions of a batch leave at each exit,
+  taken from the samples' own scores (midpoints between neighbouring scores, so that rounding noise of
+  the order of 1e-7 cannot move a sample across a threshold); used by the benchmark and the tests.
+- `relation_resample_matrix`: the constant of the fast relation-reuse kernels of both frameworks.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .resample import resample_matrix
+from .thresholds.curve import ThresholdCurve
+from .thresholds.rule import exit_indices, exit_mask, exit_thresholds
+from .thresholds.scores import SCORED_CRITERIA, check_criterion, entropy_score, max_softmax
+
+SCORE_FUNCTIONS = {"confidence": max_softmax, "entropy": entropy_score}
+
+
+def _check_adaptive_criterion(criterion: str) -> str:
+    check_criterion(criterion)
+    if criterion not in SCORED_CRITERIA:
+        raise ValueError(f"adaptive inference needs a scored criterion {list(SCORED_CRITERIA)}, got {criterion!r} "
+                         "(the random policy has no per-sample score; evaluate it offline with "
+                         "common.thresholds.random_exit)")
+    return criterion
+
+
+def resolve_thresholds(thresholds, num_exits: int, criterion: str | None = None,
+                       budget: float | None = None) -> tuple[np.ndarray, str]:
+    """-> (thresholds (K,) float64 with the last -inf, criterion).
+
+    `thresholds`: K-1 or K numbers (the last exit's is ignored; +inf closes an exit, -inf lets every sample
+    leave), or a `ThresholdCurve` together with `budget` (GFLOPs per image; the curve's best point that fits).
+    `criterion` defaults to "confidence", or to the curve's criterion; a mismatch with the curve is an error.
+    """
+    if isinstance(thresholds, ThresholdCurve):
+        curve = thresholds
+        if budget is None:
+            raise ValueError("a ThresholdCurve needs a budget (GFLOPs per image) to pick its thresholds")
+        if curve.num_exits != num_exits:
+            raise ValueError(f"the threshold curve is for {curve.num_exits} exits, the model has {num_exits}")
+        if criterion is not None and criterion != curve.criterion:
+            raise ValueError(f"criterion {criterion!r} does not match the curve's {curve.criterion!r}")
+        return curve.thresholds_for_budget(budget), _check_adaptive_criterion(curve.criterion)
+    if budget is not None:
+        raise ValueError("budget is only meaningful with a ThresholdCurve; got plain thresholds")
+    criterion = _check_adaptive_criterion("confidence" if criterion is None else criterion)
+    return exit_thresholds([] if thresholds is None else thresholds, num_exits), criterion
+
+
+def scores(logits: np.ndarray, criterion: str = "confidence") -> np.ndarray:
+    """Per-row float64 score of `criterion` for logits (N, C) (the functions of common.thresholds.scores)."""
+    return SCORE_FUNCTIONS[_check_adaptive_criterion(criterion)](logits)
+
+
+def leave_mask(logits: np.ndarray, thresholds: np.ndarray, k: int, criterion: str = "confidence") -> np.ndarray:
+    """(N,) bool: which of the N samples at exit k leave there (all of them at the last exit)."""
+    if k == len(thresholds) - 1:
+        return np.ones(len(logits), dtype=bool)
+    return exit_mask(scores(logits, criterion), thresholds, k)
+
+
+def offline_exits(logits: np.ndarray, thresholds, criterion: str = "confidence") -> np.ndarray:
+    """Exit index (N,) of each sample from the logits (K, N, C) of the full cascade (the offline rule)."""
+    logits = np.asarray(logits)
+    return exit_indices(np.stack([scores(lg, criterion) for lg in logits]), thresholds)
+
+
+def exit_counts(exit_index, num_exits: int) -> np.ndarray:
+    """(K,) number of samples leaving at each exit."""
+    return np.bincount(np.asarray(exit_index, dtype=np.int64), minlength=num_exits)[:num_exits]
+
+
+def counts_for_fractions(fractions, n: int) -> np.ndarray:
+    """Integer exit counts summing to `n` closest to `fractions * n` (largest remainders)."""
+    f = np.asarray(fractions, dtype=np.float64).reshape(-1)
+    if (f < 0).any() or not np.isfinite(f).all() or f.sum() <= 0:
+        raise ValueError(f"exit fractions must be non-negative numbers with a positive sum, got {f.tolist()}")
+    f = f / f.sum()
+    raw = f * n
+    counts = np.floor(raw).astype(np.int64)
+    order = np.argsort(-(raw - counts), kind="stable")
+    counts[order[: n - counts.sum()]] += 1
+    return counts
+
+
+def thresholds_for_fractions(scores_kn: np.ndarray, fractions) -> tuple[np.ndarray, np.ndarray, float]:
+    """Thresholds (K,) under which `fractions` (K,) of the N samples leave at each exit.
+
+    `scores_kn` (K, N): the criterion's scores of every exit on the batch (full cascade). At exit k the
+    samples still there are sorted by score and the threshold is put halfway between the last one that must
+    leave and the first one that must stay (+inf closes an exit that must take nobody, -inf opens it to all).
+    Returns (thresholds, counts (K,) that the rule actually gives, margin): the margin is the smallest
+    distance between any deciding score and its threshold (inf when no decision is close); exact counts need
+    distinct scores at the boundaries, so check `counts` against `counts_for_fractions`.
+    """
+    s = np.asarray(scores_kn, dtype=np.float64)
+    k_exits, n = s.shape
+    target = counts_for_fractions(fractions, n)
+    if len(target) != k_exits:
+        raise ValueError(f"{k_exits} exits need {k_exits} fractions, got {len(target)}")
+    thresholds = np.full(k_exits, -np.inf)
+    remaining = np.arange(n)
+    margin = np.inf
+    for k in range(k_exits - 1):
+        m = int(target[k])
+        if remaining.size == 0:
+            thresholds[k] = np.inf
+            continue
+        order = remaining[np.argsort(-s[k, remaining], kind="stable")]
+        sk = s[k, order]
+        if m == 0:
+            thresholds[k] = np.inf
+        elif m >= remaining.size:
+            thresholds[k] = -np.inf
+        else:
+            thresholds[k] = 0.5 * (sk[m - 1] + sk[m])
+            margin = min(margin, float(sk[m - 1] - thresholds[k]), float(thresholds[k] - sk[m]))
+        leave = s[k, remaining] >= thresholds[k]
+        remaining = remaining[~leave]
+    counts = exit_counts(exit_indices(s, thresholds), k_exits)
+    return thresholds, counts, margin
+
+
+def relation_resample_matrix(src: int, dst: int) -> np.ndarray:
+    """(1 + t*t, 1 + s*s) float32 M such that `M @ R @ M.T` resamples an attention map R from an s x s to a
+    t x t token grid: the cls row and column are carried (M[0, 0] = 1) and the patch part is `A kron A`
+    (row-major tokens), A = `common.resample.resample_matrix(s, t)`.
+
+    The same maps as the separable `A X A^T` per axis (to fp32 rounding), in two large matrix products per
+    map instead of many tiny ones plus slicing and concatenation: the fast path of adaptive inference.
+    """
+    a = resample_matrix(src, dst, np.float64)
+    m = np.zeros((1 + dst * dst, 1 + src * src))
+    m[0, 0] = 1.0
+    m[1:, 1:] = np.kron(a, a)
+    return m.astype(np.float32)

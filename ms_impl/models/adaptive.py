@@ -1,0 +1,162 @@
+"""Adaptive inference: real early exit, batch by batch (DESIGN.md §1; issue 7). Mirror of torch_impl.
+
+    res = adaptive_forward(model, x, thresholds)       # or model.forward_adaptive(x, thresholds)
+    res.logits      # (B, num_classes): each sample's logits from the exit it left at, in input order
+    res.exit_index  # (B,) int64: that exit
+    res.exit_counts # (K,) samples leaving at each exit
+
+Exit k runs only on the samples still active after exit k-1: the input rows, the reused features
+(B, T, D) and the reused relations (L x (B, H, T, T)) are gathered (`ops.gather`) for those samples only
+(no copy while every sample is still there), and once every sample has left the later exits do not run
+at all. The decision after exit k is the one exit rule of `common.adaptive` (float64 scores from numpy,
+`common.thresholds.rule.exit_mask`), so it equals the offline rule applied to the full cascade's logits.
+
+Each exit runs as an `ExitStage` cell. In PYNATIVE mode it runs op by op; in GRAPH mode it is compiled
+once per exit with a dynamic batch axis (`Cell.set_inputs` with `None` as the batch size), so any number
+of active samples reuses the same graph. The gathers and the exit rule run between the stages (on the
+host: the active set must be known before the next stage starts).
+
+`fast=True` (default), as in torch_impl: the reused relations are computed with larger matmuls
+(`ViTExit.reuse_relations(fast=True)`) and the last exit stops returning its attention logits. MindSpore
+has no fused attention kernel on CPU, so that exit's attention math stays explicit (`attention.py`).
+Logits equal the full cascade's within fp32 rounding; `fast=False` runs exactly the default kernels.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import NamedTuple
+
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor, nn, ops
+
+from common.adaptive import leave_mask, resolve_thresholds
+
+from .exit import check_image
+
+
+class AdaptiveResult(NamedTuple):
+    logits: Tensor  # (B, num_classes), the logits of the exit each sample left at, in input order
+    exit_index: Tensor  # (B,) int64
+    exit_counts: tuple  # (K,) ints: samples leaving at each exit
+
+
+class ExitStage(nn.Cell):
+    """One exit as its own cell: `construct(x, *reused) -> (logits, features, relations or None)`.
+
+    `reused` holds the previous exit's features and/or relations (a tuple), as the exit's reuse flags say.
+    `auto_prefix=False`: wrapping the exit must not rename the model's parameters.
+    """
+
+    def __init__(self, exit_: nn.Cell, need_relations: bool, fast: bool):
+        super().__init__(auto_prefix=False)
+        self.exit_ = exit_
+        self.need_relations = need_relations
+        self.fast = fast
+        self.feature_reuse = exit_.feature_reuse
+        self.relation_reuse = exit_.relation_reuse
+
+    def construct(self, x, *reused):
+        features = reused[0] if self.feature_reuse else None
+        relations = reused[-1] if self.relation_reuse else None
+        return self.exit_(x, features, relations, False, self.need_relations, self.fast)
+
+
+_STAGES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {key: ExitStage}
+
+
+def _dynamic(t: Tensor) -> Tensor:
+    return Tensor(shape=[None] + list(t.shape[1:]), dtype=t.dtype)
+
+
+def exit_stage(model, k: int, need_relations: bool, fast: bool, args: tuple) -> ExitStage:
+    """The cached stage of exit k; in GRAPH mode its inputs are declared with a dynamic batch axis."""
+    graph = ms.get_context("mode") == ms.GRAPH_MODE
+    signature = tuple((tuple(a.shape[1:]), str(a.dtype)) for a in _flat(args)) if graph else None
+    key = (k, need_relations, fast, graph, signature)
+    stages = _STAGES.setdefault(model, {})
+    if key not in stages:
+        stage = ExitStage(model.exits[k], need_relations, fast)
+        if graph:
+            stage.set_inputs(*(ms.mutable(tuple(_dynamic(r) for r in a)) if isinstance(a, tuple) else _dynamic(a)
+                               for a in args))
+        stages[key] = stage
+    return stages[key]
+
+
+def _flat(args: tuple) -> list:
+    return [t for a in args for t in (a if isinstance(a, tuple) else (a,))]
+
+
+def _gather(t: Tensor, rows: Tensor | None) -> Tensor:
+    return t if rows is None else ops.gather(t, rows, 0)
+
+
+def stage_needs(model, k: int, fast: bool = True) -> tuple[bool, bool, bool]:
+    """What exit k must compute for exit k+1: (its features, its relations, explicit attention logits)."""
+    nxt = model.exits[k + 1] if k + 1 < len(model.exits) else None
+    features = nxt is not None and nxt.feature_reuse
+    relations = nxt is not None and nxt.relation_reuse
+    return features, relations, relations or not fast
+
+
+def adaptive_forward(model, x: Tensor, thresholds, criterion: str | None = None, *,
+                     budget: float | None = None, fast: bool = True) -> AdaptiveResult:
+    """Early-exit inference of a `DVT` in eval mode on a batch `x` (B, C, H, W), PYNATIVE or GRAPH mode.
+
+    `thresholds`: K-1 or K numbers (the last exit's is ignored), or a `ThresholdCurve` with `budget`
+    (see `common.adaptive.resolve_thresholds`); `criterion`: "confidence" (default) or "entropy".
+    """
+    if model.training:
+        raise ValueError("adaptive inference needs the model in eval mode (dropout would change the exits); "
+                         "call model.set_train(False)")
+    k_exits = len(model.exits)
+    t, criterion = resolve_thresholds(thresholds, k_exits, criterion, budget)
+    cfg = model.config
+    check_image(x, cfg.in_chans, cfg.img_size)
+    exit_np = np.full(x.shape[0], k_exits - 1, dtype=np.int64)
+    counts = [0] * k_exits
+    pieces, order = [], []  # logits of the leaving samples, stage by stage, and their input rows
+    rows = np.arange(x.shape[0])  # input rows still in the cascade
+    active = None  # the same rows as a Tensor; None while they are all there, in order
+    features = relations = None
+    for k in range(k_exits):
+        n = rows.size
+        if n == 0:
+            break  # empty stage: nothing runs
+        send_features, send_relations, explicit = stage_needs(model, k, fast)
+        args = (_gather(x, active),) + tuple(r for r in (features, relations) if r is not None)
+        stage = exit_stage(model, k, explicit, fast, args)
+        logits, feats, rels = stage(*(ms.mutable(a) if isinstance(a, tuple) else a for a in args))
+        last = k == k_exits - 1  # the last exit takes everyone: no score, no device sync
+        leave = np.ones(n, dtype=bool) if last else leave_mask(
+            logits.asnumpy().astype(np.float32), t, k, criterion)
+        n_leave = int(leave.sum())
+        counts[k] = n_leave
+        if n_leave:
+            exit_np[rows[leave]] = k
+            order.append(rows[leave])
+            pieces.append(logits if n_leave == n else ops.gather(logits, Tensor(np.flatnonzero(leave), ms.int32), 0))
+        if n_leave == n:
+            break  # every sample has left: later exits never run
+        keep = None if n_leave == 0 else Tensor(np.flatnonzero(~leave), ms.int32)
+        features = _gather(feats, keep) if send_features else None
+        relations = tuple(_gather(r, keep) for r in rels) if send_relations else None
+        feats = rels = None  # free the rows that left before the next exit runs
+        if keep is not None:
+            rows = rows[~leave]
+            active = Tensor(rows.astype(np.int32))
+    return AdaptiveResult(_in_input_order(pieces, order, x, cfg.num_classes), Tensor(exit_np), tuple(counts))
+
+
+def _in_input_order(pieces: list, order: list, x: Tensor, num_classes: int) -> Tensor:
+    """Concatenate the stages' logits and put the rows back in input order (no copy if already in order)."""
+    if not pieces:
+        return ops.zeros((0, num_classes), x.dtype)
+    rows = np.concatenate(order)
+    logits = pieces[0] if len(pieces) == 1 else ops.cat(pieces)
+    if np.array_equal(rows, np.arange(rows.size)):
+        return logits
+    inverse = np.empty_like(rows)
+    inverse[rows] = np.arange(rows.size)
+    return ops.gather(logits, Tensor(inverse.astype(np.int32)), 0)

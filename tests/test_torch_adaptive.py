@@ -1,0 +1,239 @@
+"""Real early exit in torch_impl (`adaptive_forward`) equals "full cascade + offline exit rule".
+
+For every sample: the exit index equals `common.adaptive.offline_exits` on the full cascade's logits,
+and the logits equal that exit's full-cascade logits within fp32 noise. Measured on CPU: 0 with
+`fast=False` on the tiny configs, <= 1.5e-7 with the fused last exit, <= 2e-6 at full size;
+the tolerance is 1e-5.
+
+Thresholds are taken away from the observed confidences (midpoints between neighbouring confidences of
+the batch, `thresholds_for_fractions`), and the tests assert that every confidence is at least 1e-6 from
+its threshold: a batch-size-dependent BLAS rounding (logit noise ~1e-6, confidence noise ~1e-8 at most)
+then cannot flip a decision, which would be a property of floating point, not a bug.
+"""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import common
+from common.adaptive import (counts_for_fractions, exit_counts, leave_mask, offline_exits, scores,
+                             thresholds_for_fractions)
+from common.thresholds import ThresholdCurve
+from common.thresholds.rule import exit_indices
+from torch_impl import create_model
+from torch_impl.models import AdaptiveResult, adaptive_forward
+from torch_impl.models.attention import Attention
+
+ATOL = 1e-5
+MIN_MARGIN = 1e-6
+
+
+def seeded(name: str, seed: int = 0):
+    torch.manual_seed(seed)
+    return create_model(name).eval()
+
+
+def images(cfg, batch: int, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size, generator=g)
+
+
+def mixtures(k: int) -> list:
+    """Exit fractions: all at exit 1, all at the last, even, and ones that leave later stages empty."""
+    out = [[1.0] + [0.0] * (k - 1), [0.0] * (k - 1) + [1.0], [1.0 / k] * k]
+    if k >= 3:
+        out += [[0.5, 0.5] + [0.0] * (k - 2), [0.25, 0.0] + [0.75 / (k - 2)] * (k - 2)]
+    return out
+
+
+def full_cascade(model, x) -> np.ndarray:
+    with torch.inference_mode():
+        return torch.stack(model(x)).numpy()
+
+
+def check(model, x, full: np.ndarray, thresholds, criterion="confidence", **kw) -> AdaptiveResult:
+    with torch.inference_mode():
+        res = adaptive_forward(model, x, thresholds, criterion, **kw)
+    expected = offline_exits(full, thresholds, criterion)
+    idx = res.exit_index.numpy()
+    assert res.exit_index.dtype == torch.int64
+    np.testing.assert_array_equal(idx, expected)
+    assert list(res.exit_counts) == exit_counts(expected, len(full)).tolist()
+    assert res.logits.shape == (x.shape[0], model.config.num_classes)
+    diff = np.abs(res.logits.numpy() - full[idx, np.arange(x.shape[0])]).max()
+    assert diff <= ATOL, diff
+    return res
+
+
+def threshold_sets(full, criterion="confidence", fraction_sets=None):
+    """[(fractions, thresholds)] splitting the batch as asked, or None if a confidence is < MIN_MARGIN away."""
+    s = np.stack([scores(lg, criterion) for lg in full])
+    out = []
+    for fractions in fraction_sets or mixtures(len(full)):
+        thresholds, counts, margin = thresholds_for_fractions(s, fractions)
+        if margin < MIN_MARGIN:
+            return None
+        np.testing.assert_array_equal(counts, counts_for_fractions(fractions, full.shape[1]))
+        out.append((fractions, thresholds))
+    return out
+
+
+def batch_and_thresholds(model, batch, criterion="confidence", fraction_sets=None):
+    """The first seeded batch whose confidences leave room for thresholds >= MIN_MARGIN away from all of them."""
+    for seed in range(1, 20):
+        x = images(model.config, batch, seed)
+        full = full_cascade(model, x)
+        sets = threshold_sets(full, criterion, fraction_sets)
+        if sets is not None:
+            return x, full, sets
+    raise AssertionError("no batch with well-separated confidences")
+
+
+class StageSpy:
+    """Records the batch size of the inputs every exit is called with (forward pre-hooks)."""
+
+    def __init__(self, model):
+        self.calls = []
+        self.handles = [e.register_forward_pre_hook(self.hook(k)) for k, e in enumerate(model.exits)]
+
+    def hook(self, k):
+        def record(_module, args):
+            x, feats, rels = args
+            rows = {x.shape[0]}
+            rows |= {feats.shape[0]} if feats is not None else set()
+            rows |= {r.shape[0] for r in rels} if rels is not None else set()
+            assert len(rows) == 1, f"exit {k}: inputs with different batch sizes {rows}"
+            self.calls.append((k, x.shape[0]))
+        return record
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+TINY = ["dvt_tiny_t2t", "dvt_tiny_t2t_transformer", "dvt_tiny_t2t_feature_reuse", "dvt_tiny_t2t_relation_reuse",
+        "dvt_tiny_t2t_no_reuse", "dvt_tiny_deit", "dvt_tiny_deit_2exit", "dvt_tiny_deit_4exit", "t2t_vit_tiny"]
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_adaptive_equals_full_cascade_and_offline_rule(name):
+    model = seeded(name)
+    x, full, sets = batch_and_thresholds(model, 12)
+    spy = StageSpy(model)
+    for i, (fractions, thresholds) in enumerate(sets):
+        for fast in (True, False) if i in (1, 2) else (True,):  # default kernels: all-to-last and even split
+            spy.calls.clear()
+            res = check(model, x, full, thresholds, fast=fast)
+            # exit k ran once, on exactly the samples that reached it; empty stages never ran
+            reached = x.shape[0] - np.concatenate([[0], np.cumsum(res.exit_counts)[:-1]])
+            assert spy.calls == [(k, int(n)) for k, n in enumerate(reached) if n > 0], (fractions, spy.calls)
+    spy.remove()
+
+
+def test_entropy_criterion_and_unsorted_thresholds():
+    model = seeded("dvt_tiny_deit_4exit")
+    x, full, sets = batch_and_thresholds(model, 16, "entropy")
+    for _, thresholds in sets:
+        check(model, x, full, thresholds, "entropy")
+    # any thresholds, not only decreasing ones; K-1 values imply the last exit's -inf
+    s = np.sort(np.stack([scores(lg) for lg in full]), axis=1)
+    t = [(s[0, 7] + s[0, 8]) / 2, (s[1, 2] + s[1, 3]) / 2, np.inf]
+    assert min(abs(s[k] - t[k]).min() for k in range(2)) >= MIN_MARGIN
+    check(model, x, full, t)
+
+
+def test_online_decisions_equal_offline_bit_for_bit_on_the_same_logits():
+    """The rule applied stage by stage to the active rows == exit_indices on all rows."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 50, 7)).astype(np.float32)
+    s = np.stack([scores(lg) for lg in logits])
+    t = np.array([np.quantile(s[0], 0.5), np.quantile(s[1], 0.3), -np.inf])
+    online = np.full(50, 2)
+    active = np.arange(50)
+    for k in range(3):
+        leave = leave_mask(logits[k, active], t, k)
+        online[active[leave]] = k
+        active = active[~leave]
+    np.testing.assert_array_equal(online, exit_indices(s, t))
+    np.testing.assert_array_equal(scores(logits[1, 10:20]), s[1, 10:20])  # row-wise: bitwise equal
+
+
+def test_empty_batch_runs_nothing():
+    model = seeded("dvt_tiny_t2t")
+    spy = StageSpy(model)
+    res = adaptive_forward(model, torch.zeros(0, 3, 32, 32), [0.5, 0.5])
+    spy.remove()
+    assert spy.calls == [] and res.logits.shape == (0, 10) and res.exit_index.shape == (0,)
+    assert res.exit_counts == (0, 0, 0)
+
+
+def test_threshold_curve_with_budget_and_errors():
+    model = seeded("dvt_tiny_t2t")
+    cfg = model.config
+    x = images(cfg, 8)
+    full = full_cascade(model, x)
+    s = np.stack([scores(lg) for lg in full])
+    rows = [thresholds_for_fractions(s, f)[0] for f in ([1, 0, 0], [0.5, 0.25, 0.25], [0, 0, 1])]
+    gflops = np.array(common.cumulative_gflops(cfg))
+    curve = ThresholdCurve(solver="manual", criterion="confidence", gflops=gflops,
+                           budgets=[gflops[0], gflops.mean(), gflops[-1]], thresholds=rows,
+                           accuracy=[0.1, 0.2, 0.3], expected_gflops=[gflops[0], gflops.mean(), gflops[-1]],
+                           exit_fractions=[[1, 0, 0], [0.5, 0.25, 0.25], [0, 0, 1]])
+    budget = float(gflops.mean())
+    via_curve = check(model, x, full, curve.thresholds_for_budget(budget))
+    res = model.forward_adaptive(x, curve, budget=budget)
+    assert torch.equal(res.logits, via_curve.logits) and torch.equal(res.exit_index, via_curve.exit_index)
+    with pytest.raises(ValueError, match="needs a budget"):
+        adaptive_forward(model, x, curve)
+    with pytest.raises(ValueError, match="only meaningful with a ThresholdCurve"):
+        adaptive_forward(model, x, [0.5, 0.5], budget=1.0)
+    with pytest.raises(ValueError, match="does not match"):
+        adaptive_forward(model, x, curve, "entropy", budget=budget)
+    with pytest.raises(ValueError, match="scored criterion"):
+        adaptive_forward(model, x, [0.5, 0.5], "random")
+    with pytest.raises(ValueError, match="needs 2 or 3 thresholds"):
+        adaptive_forward(model, x, [0.5])
+    with pytest.raises(ValueError, match=r"expected input of shape"):
+        adaptive_forward(model, torch.zeros(2, 1, 32, 32), [0.5, 0.5])
+    model.train()
+    with pytest.raises(ValueError, match="eval mode"):
+        adaptive_forward(model, x, [0.5, 0.5])
+
+
+@pytest.mark.parametrize("reused", [False, True])
+def test_fused_attention_matches_explicit(reused):
+    torch.manual_seed(0)
+    attn = Attention(64, 4, qkv_bias=True, scale=0.3).eval()
+    x = torch.randn(3, 17, 64)
+    r = torch.randn(3, 4, 17, 17) if reused else None
+    with torch.no_grad():
+        out, logits = attn(x, r)
+        fused, none = attn(x, r, need_logits=False)
+    assert logits.shape == (3, 4, 17, 17) and none is None
+    assert (out - fused).abs().max() <= 1e-6
+
+
+def test_default_paths_never_use_the_fused_kernel(monkeypatch):
+    """forward / forward_intermediates (parity, FLOPs) keep the explicit attention."""
+    model = seeded("dvt_tiny_t2t")
+    x = images(model.config, 2)
+
+    def boom(*a, **k):
+        raise AssertionError("scaled_dot_product_attention used outside the adaptive path")
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", boom)
+    with torch.no_grad():
+        model(x)
+        model.forward_intermediates(x)
+        adaptive_forward(model, x, [np.inf, np.inf], fast=False)
+        with pytest.raises(AssertionError, match="outside the adaptive path"):
+            adaptive_forward(model, x, [np.inf, np.inf])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, batch", [("dvt_t2t_vit_12", 6), ("dvt_deit_small", 4)])
+def test_full_size_adaptive_equals_full_cascade(name, batch):
+    model = seeded(name)
+    x, full, sets = batch_and_thresholds(model, batch, fraction_sets=[[1, 0, 0], [0, 0, 1], [0.5, 0.25, 0.25]])
+    for _, thresholds in sets:
+        check(model, x, full, thresholds)

@@ -1,0 +1,330 @@
+#!/usr/bin/env python
+"""Throughput and latency of DVT's real early exit, torch and MindSpore, against the static backbone.
+
+    python tools/benchmark.py [--framework torch,mindspore] [--device cpu|cuda|Ascend]
+        [--models dvt_t2t_vit_12,dvt_t2t_vit_14] [--batch-sizes 1,16,64] [--mixtures 0.6/0.25/0.15,...]
+        [--kernels fast,default] [--warmup 1 --repeat 5] [--threads N] [--amp] [--ms-mode pynative|graph]
+        [--out outputs/benchmark]
+
+For every framework, model and batch size it times (median over `--repeat` rounds after `--warmup`
+rounds, settings interleaved round by round: `common.benchmark.time_interleaved`):
+
+- each single-exit backbone at the grids of the cascade (e.g. t2t_vit_12_grid7 / _grid10 / t2t_vit_12),
+  plain forward; the finest one is the static baseline the paper compares DVT against. It is timed a
+  second time through the adaptive entry point ("fast kernels"): a single exit needs no attention
+  logits for a later exit, so it uses the fused attention kernel, exactly like the cascade's last exit.
+- the full cascade forward (every exit on every sample): regressions show here.
+- adaptive inference (`adaptive_forward`) at each exit mixture, with fast kernels (fused attention in the
+  last exit, matmul relation reuse) and, unless `--kernels fast`, with the default kernels of the
+  FLOPs-counted forward. A mixture is turned into thresholds from the model's own confidences on the
+  benchmark batch (`common.adaptive.thresholds_for_fractions`: midpoints between neighbouring
+  confidences, so the split is exact for random-weight models too), and the exit counts the run
+  actually produced are recorded and used. The mixture 0/.../1 (every sample to the last exit) is
+  always added: its time against the full cascade is the overhead of the adaptive path.
+
+For each adaptive setting it prints the measured speedup over the static baseline with the same kind
+of kernels (fast vs fast, default vs default), the FLOPs-predicted speedup (static GFLOPs / expected adaptive GFLOPs,
+`common.flops`) and their ratio, and writes `benchmark.json` and `benchmark.md` (atomically) to `--out`.
+
+Threads: `--threads N` calls torch.set_num_threads(N) / MindSpore's
+`device_context.cpu.op_tuning.threads_num(N)`; default: each framework's own default (all cores).
+On a machine shared with other jobs, 1 thread gives far steadier numbers than oversubscribed OpenMP,
+and the CPU-time columns (process time of the benchmark) are then the contention-free measure.
+Torch timings run under torch.inference_mode(); `--amp` adds autocast (float16 on CUDA, bfloat16 on CPU)
+for torch and the 'O1' policy of ms_impl.amp (float16) for MindSpore. Random weights unless
+`--checkpoint` (one model). Benchmarks are measurements, never test assertions.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from common import get_config  # noqa: E402
+from common.adaptive import counts_for_fractions, scores, thresholds_for_fractions  # noqa: E402
+from common.benchmark import (BASELINE, BASELINE_FAST, CASCADE, Measurement, RunResult,  # noqa: E402
+                              encode_thresholds, mixture_label, parse_mixture, report_dict, static_config,
+                              time_interleaved, write_report)
+from common.flops import cumulative_gflops  # noqa: E402
+
+DEFAULT_MIXTURES = {2: ("0.6/0.4",), 3: ("0.6/0.25/0.15",), 4: ("0.5/0.25/0.15/0.1",)}
+
+
+# ---- frameworks --------------------------------------------------------------------------------
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, device: str, threads: int | None, amp: bool, mode: str | None = None):
+        import torch
+
+        from torch_impl.models import DVT, adaptive_forward
+        self.torch, self.DVT, self.adaptive_forward = torch, DVT, adaptive_forward
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = torch.device("cuda" if device.lower() in ("cuda", "gpu") else device.lower())
+        self.amp_dtype = (torch.float16 if self.device.type == "cuda" else torch.bfloat16) if amp else None
+
+    def info(self) -> dict:
+        torch = self.torch
+        out = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+               "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off"}
+        if self.device.type == "cuda":
+            out["gpu"] = torch.cuda.get_device_name(self.device)
+        return out
+
+    def build(self, cfg, seed: int, checkpoint=None):
+        self.torch.manual_seed(seed)
+        model = self.DVT(cfg)
+        if checkpoint:
+            from torch_impl import load_checkpoint
+            load_checkpoint(model, checkpoint)
+        return model.eval().to(self.device)
+
+    def images(self, cfg, batch: int, seed: int):
+        g = self.torch.Generator().manual_seed(seed)
+        return self.torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size, generator=g).to(self.device)
+
+    @contextlib.contextmanager
+    def context(self):
+        torch = self.torch
+        amp = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype
+               else contextlib.nullcontext())
+        with torch.inference_mode(), amp:
+            yield
+
+    def forward(self, model, x):
+        return model(x)
+
+    def adaptive(self, model, x, thresholds, fast: bool):
+        return self.adaptive_forward(model, x, thresholds, fast=fast)
+
+    def exit_logits(self, model, x) -> np.ndarray:
+        return np.stack([lg.float().cpu().numpy() for lg in model(x)])
+
+    def sync(self, _out) -> None:
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize(self.device)
+
+
+class MindSporeBackend:
+    name = "mindspore"
+
+    def __init__(self, device: str, threads: int | None, amp: bool, mode: str | None = None):
+        import mindspore as ms
+
+        import ms_impl
+        from ms_impl.models import DVT, adaptive_forward
+        self.ms, self.ms_impl, self.DVT, self.adaptive_forward = ms, ms_impl, DVT, adaptive_forward
+        from ms_impl.runtime import device_target
+        try:
+            ms_impl.configure(device=device)
+        except RuntimeError:  # the runtime already started (an earlier user in this process): fine if same device
+            if ms.get_context("device_target") != device_target(device):
+                raise
+        self.mode = mode or "pynative"
+        ms_impl.configure(mode=self.mode)
+        if threads:
+            from mindspore.device_context.cpu.op_tuning import threads_num
+            threads_num(threads)
+        self.threads = threads
+        self.amp = amp
+
+    def info(self) -> dict:
+        return {"mindspore": self.ms.__version__, "mode": self.mode,
+                "threads": self.threads or "default", "amp": "O1 float16" if self.amp else "off"}
+
+    def build(self, cfg, seed: int, checkpoint=None):
+        self.ms.set_seed(seed)
+        model = self.DVT(cfg)
+        if checkpoint:
+            self.ms_impl.load_checkpoint(model, checkpoint)
+        model.set_train(False)
+        if self.amp:
+            self.ms_impl.apply_amp(model, "O1")
+        return model
+
+    def images(self, cfg, batch: int, seed: int):
+        x = np.random.RandomState(seed).randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size)
+        return self.ms.Tensor(x.astype(np.float32))
+
+    def context(self):
+        return contextlib.nullcontext()
+
+    def forward(self, model, x):
+        return model(x)
+
+    def adaptive(self, model, x, thresholds, fast: bool):
+        return self.adaptive_forward(model, x, thresholds, fast=fast)
+
+    def exit_logits(self, model, x) -> np.ndarray:
+        return np.stack([lg.asnumpy().astype(np.float32) for lg in model(x)])
+
+    def sync(self, out) -> None:
+        """Wait for the outputs (PYNATIVE may still be running queued kernels): copy every logits tensor out."""
+        for t in (out.logits,) if hasattr(out, "logits") else out:
+            t.asnumpy()
+
+
+BACKENDS = {"torch": TorchBackend, "mindspore": MindSporeBackend}
+
+
+# ---- one (framework, model, batch size) ------------------------------------------------------
+def _keep(store: dict, key: str, out):
+    store[key] = out
+    return out
+
+
+def bench_model(backend, name: str, batch: int, mixtures, args, log) -> tuple[RunResult, object, object]:
+    cascade_cfg = get_config(name)
+    k_exits = cascade_cfg.num_exits
+    statics = [static_config(cascade_cfg, k) for k in range(k_exits)]
+    finest = statics[-1]
+    cascade = backend.build(cascade_cfg, args.seed, args.checkpoint)
+    static_models = {cfg.name: backend.build(cfg, args.seed) for cfg in statics}
+    x = backend.images(cascade_cfg, batch, args.seed + 1)
+    gflops = cumulative_gflops(cascade_cfg)
+
+    settings, meta, last = {}, {}, {}  # last: the latest output of each adaptive setting
+    with backend.context():
+        for cfg in statics:
+            m = static_models[cfg.name]
+            setting = f"static {cfg.name}"
+            settings[setting] = lambda m=m: backend.forward(m, x)
+            meta[setting] = dict(kind="static", gflops_per_image=cumulative_gflops(cfg)[-1],
+                                 role=BASELINE if cfg is finest else "")
+        m = static_models[finest.name]
+        setting = f"static {finest.name}, fast kernels"
+        settings[setting] = lambda m=m: backend.adaptive(m, x, [], True)
+        meta[setting] = dict(kind="static", gflops_per_image=cumulative_gflops(finest)[-1], role=BASELINE_FAST,
+                             fast=True)
+        settings["full cascade"] = lambda: backend.forward(cascade, x)
+        meta["full cascade"] = dict(kind="cascade", gflops_per_image=gflops[-1], role=CASCADE)
+
+        s = np.stack([scores(lg, args.criterion) for lg in backend.exit_logits(cascade, x)])
+        for fractions in mixtures:
+            thresholds, counts, margin = thresholds_for_fractions(s, fractions)
+            target = counts_for_fractions(fractions, batch)
+            note = ("" if np.array_equal(counts, target)
+                    else f"asked for counts {target.tolist()}, got {counts.tolist()}")
+            for fast in args.fast_variants:
+                setting = f"adaptive {mixture_label(fractions)}" + ("" if fast else ", default kernels")
+                settings[setting] = lambda th=thresholds, f=fast, key=setting: _keep(
+                    last, key, backend.adaptive(cascade, x, th, f))
+                meta[setting] = dict(kind="adaptive", fast=fast, target_fractions=list(fractions),
+                                     thresholds=encode_thresholds(thresholds), note=note,
+                                     gflops_per_image=float(counts @ np.asarray(gflops) / batch))
+            log(f"  mixture {mixture_label(fractions)}: counts {counts.tolist()}, thresholds "
+                f"{[f'{v:.6g}' for v in thresholds]}, closest confidence {margin:.2g} from a threshold")
+
+        start = time.perf_counter()
+        times, cpu_times = time_interleaved(settings, args.warmup, args.repeat, backend.sync,
+                                            progress=lambda msg: log(f"  {msg} ({time.perf_counter() - start:.0f} s)"))
+        run = RunResult(backend.name, args.device, name, finest.name, batch, info=backend.info())
+        for setting in settings:
+            m = Measurement(setting=setting, times_ms=times[setting], cpu_times_ms=cpu_times[setting], batch_size=batch,
+                            **meta[setting])
+            if m.kind == "adaptive":
+                m.exit_counts = list(last[setting].exit_counts)  # the split the timed calls took
+            run.measurements.append(m)
+    return run, cascade_cfg, finest
+
+
+def print_run(run: RunResult, cascade_cfg, static_cfg) -> None:
+    print(f"\n== {run.framework} / {run.device} / {run.model} / batch {run.batch_size} "
+          f"({', '.join(f'{k} {v}' for k, v in run.info.items())}) ==")
+    print(f"{'setting':48s} {'ms/batch':>10s} {'min ms':>10s} {'CPU ms':>10s} {'img/s':>8s} {'GFLOPs/img':>10s}  exits")
+    for m in run.measurements:
+        counts = "/".join(map(str, m.exit_counts)) if m.exit_counts else ""
+        print(f"{m.setting:48s} {m.median_ms:10.1f} {m.min_ms:10.1f} {m.cpu_median_ms:10.1f} {m.images_per_s:8.1f} "
+              f"{m.gflops_per_image:10.4f}  {counts}" + (f"  [{m.note}]" if m.note else ""))
+    for c in run.comparisons(cascade_cfg, static_cfg):
+        print(f"{c['setting']:48s} speedup {c['measured_speedup']:.3f}x vs {c['baseline']!r}, FLOPs-predicted "
+              f"{c['predicted_speedup']:.3f}x, ratio {c['ratio']:.3f} (paired rounds {c['paired_ratio']:.3f}, "
+              f"minima {c['minima_ratio']:.3f}, CPU time {c['cpu_ratio'] or float('nan'):.3f})")
+    for o in run.overheads():
+        print(f"{o['setting']:48s} overhead vs full cascade {100 * o['overhead']:+.1f}% (paired rounds "
+              f"{100 * o['paired_overhead']:+.1f}%, minima {100 * o['minima_overhead']:+.1f}%, "
+              f"CPU time {100 * (o['cpu_overhead'] or float('nan')):+.1f}%)")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--framework", default="torch,mindspore", help="comma-separated: torch, mindspore")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | Ascend (MindSpore: cpu / gpu / ascend)")
+    p.add_argument("--models", default="dvt_t2t_vit_12,dvt_t2t_vit_14", help="comma-separated cascade names")
+    p.add_argument("--batch-sizes", default="1,16,64")
+    p.add_argument("--mixtures", default=None,
+                   help="comma-separated exit fractions, e.g. 0.6/0.25/0.15 (default per exit count); "
+                        "0/../1 (all to the last exit) is always added")
+    p.add_argument("--kernels", default="fast,default",
+                   help="adaptive variants: fast (fused attention, matmul relation reuse), default, or both")
+    p.add_argument("--criterion", default="confidence", choices=("confidence", "entropy"))
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per framework (default: framework's)")
+    p.add_argument("--amp", action="store_true", help="mixed precision (torch autocast / ms_impl.amp 'O1')")
+    p.add_argument("--ms-mode", default="pynative", choices=("pynative", "graph"))
+    p.add_argument("--checkpoint", default=None, help="weights for the cascade (one model only)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="outputs/benchmark", help="directory for benchmark.json / benchmark.md")
+    args = p.parse_args(argv)
+    args.frameworks = [f.strip().lower() for f in args.framework.split(",") if f.strip()]
+    unknown = sorted(set(args.frameworks) - set(BACKENDS))
+    if unknown:
+        p.error(f"unknown framework(s) {unknown}; choose from {sorted(BACKENDS)}")
+    args.model_names = [m.strip() for m in args.models.split(",") if m.strip()]
+    args.batches = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    if any(b < 1 for b in args.batches):
+        p.error("batch sizes must be >= 1")
+    variants = {v.strip() for v in args.kernels.split(",") if v.strip()}
+    if not variants or variants - {"fast", "default"}:
+        p.error("--kernels takes fast, default or both")
+    args.fast_variants = [v == "fast" for v in ("fast", "default") if v in variants]
+    if args.checkpoint and len(args.model_names) != 1:
+        p.error("--checkpoint needs exactly one model in --models")
+    return args
+
+
+def mixtures_for(k_exits: int, spec: str | None) -> list[tuple[float, ...]]:
+    texts = spec.split(",") if spec else DEFAULT_MIXTURES.get(k_exits, ())
+    mixtures = [parse_mixture(t) for t in texts if t.strip()]
+    bad = [mixture_label(m) for m in mixtures if len(m) != k_exits]
+    if bad:
+        raise SystemExit(f"mixtures {bad} do not have {k_exits} fractions (one per exit)")
+    all_last = tuple([0.0] * (k_exits - 1) + [1.0])
+    return mixtures + ([all_last] if all_last not in mixtures else [])
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    results = []
+    for fw in args.frameworks:
+        backend = BACKENDS[fw](args.device, args.threads, args.amp, args.ms_mode)
+        for name in args.model_names:
+            mixtures = mixtures_for(get_config(name).num_exits, args.mixtures)
+            for batch in args.batches:
+                log(f"[{fw}] {name} batch {batch}")
+                run, cascade_cfg, static_cfg = bench_model(backend, name, batch, mixtures, args, log)
+                print_run(run, cascade_cfg, static_cfg)
+                results.append((run, cascade_cfg, static_cfg))
+                meta = dict(command=" ".join(["tools/benchmark.py"] + list(argv if argv is not None else sys.argv[1:])),
+                            host=platform.node(), cpu=platform.processor() or platform.machine(),
+                            python=platform.python_version(), warmup=args.warmup, repeat=args.repeat,
+                            criterion=args.criterion, date=time.strftime("%Y-%m-%d %H:%M:%S"))
+                js, md = write_report(report_dict(results, meta), args.out)  # after every run: partial results survive
+    print(f"\nwrote {js} and {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
