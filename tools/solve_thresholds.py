@@ -26,23 +26,16 @@ evaluates random exit with the same exit proportions (paper Table 9).
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
-import time
-import uuid
-from pathlib import Path
 
 import numpy as np
 
-from common.thresholds import (CRITERIA, SOLVERS, ExitOutputs, ExitScores, ThresholdCurve,
-                               anytime_accuracy, budget_grid, calibration_test_split, default_budgets,
-                               evaluate_random_exit, evaluate_thresholds, load_exit_outputs, random_exit_curve,
-                               solve, validate_budgets)
-from common.atomic import atomic_write_text
+from common.thresholds import CRITERIA, SOLVERS, ExitOutputs, calibration_test_split, load_exit_outputs
+from common.thresholds.pipeline import (RESULTS_FORMAT, THRESHOLD_FILES, ThresholdOptions, parse_outer,
+                                        parse_solvers, run_thresholds)
 
-RESULTS_FORMAT = "dvt-threshold-results"
-FILES = ("thresholds.json", "accuracy_vs_gflops.png", "accuracy_vs_gflops_calibration.png", "exit_counts.png")
+FILES = THRESHOLD_FILES
+__all__ = ["FILES", "RESULTS_FORMAT", "build_parser", "main", "run"]
 
 
 class UsageError(ValueError):
@@ -69,51 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exact solver, 4+ exits only: candidate thresholds per outer exit, or 'all' for a fully "
                         "exact (slow) search (default 256; the accuracy bound is reported)")
     return p
-
-
-def parse_solvers(text: str) -> list[str]:
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [s for s in names if s not in SOLVERS]
-    if not names or unknown:
-        raise UsageError(f"--solvers: unknown or empty {unknown or text!r}; choose from {','.join(SOLVERS)}")
-    if len(set(names)) != len(names):
-        raise UsageError(f"--solvers lists a solver twice: {text!r}")
-    return names
-
-
-def parse_budgets(text: str, calib: ExitScores) -> np.ndarray:
-    text = text.strip()
-    if text == "geometric":
-        return default_budgets(calib)
-    if text.startswith("grid:"):
-        try:
-            num = int(text[5:])
-        except ValueError:
-            raise UsageError(f"--budgets grid:N needs an integer N, got {text!r}") from None
-        if num < 1:
-            raise UsageError(f"--budgets grid:N needs N >= 1, got {num}")
-        return validate_budgets(budget_grid(calib.gflops, num), calib.gflops)
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UsageError(f"--budgets: expected 'geometric', 'grid:N' or comma-separated numbers, got {text!r}") \
-            from None
-    try:
-        return validate_budgets(values, calib.gflops)
-    except ValueError as e:
-        raise UsageError(f"--budgets: {e}") from None
-
-
-def parse_outer(text: str) -> int | None:
-    if text == "all":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 2:
-        raise UsageError(f"--exact-outer-candidates must be an integer >= 2 or 'all', got {text!r}")
-    return value
 
 
 def load_splits(args) -> tuple[ExitOutputs, ExitOutputs, dict]:
@@ -143,144 +91,19 @@ def load_splits(args) -> tuple[ExitOutputs, ExitOutputs, dict]:
     return outputs.subset(calib_idx, "calibration"), outputs.subset(test_idx, "test"), split
 
 
-def solve_all(names, calib: ExitScores, budgets, args) -> dict[str, tuple[ThresholdCurve, float]]:
-    curves = {}
-    for name in names:
-        options = {}
-        if name == "genetic":
-            options["seed"] = args.seed
-            if args.ga_population is not None:
-                options["population"] = args.ga_population
-            if args.ga_generations is not None:
-                options["generations"] = args.ga_generations
-        if name == "exact":
-            options["max_outer_candidates"] = parse_outer(args.exact_outer_candidates)
-        start = time.perf_counter()
-        curve = solve(name, calib, None if name == "geometric" else budgets, **options)
-        if args.criterion == "random":
-            curve = random_exit_curve(curve, calib, args.seed)
-        curves[name] = (curve, time.perf_counter() - start)
-    return curves
-
-
-def evaluate_on(curve: ThresholdCurve, scores: ExitScores, seed: int):
-    if curve.criterion == "random":
-        return [evaluate_random_exit(scores, f, [seed, j]) for j, f in enumerate(curve.exit_fractions)]
-    return [evaluate_thresholds(scores, t) for t in curve.thresholds]
-
-
-def table_rows(budgets, curves, tests) -> list[dict]:
-    rows = []
-    for b in budgets:
-        row = {"budget": float(b)}
-        for name, (curve, _) in curves.items():
-            try:
-                j = curve.index_for_budget(b)
-            except ValueError:
-                row[name] = None
-                continue
-            row[name] = {"point": j, "calibration_accuracy": float(curve.accuracy[j]),
-                         "calibration_gflops": float(curve.expected_gflops[j]),
-                         "test_accuracy": tests[name][j].accuracy, "test_gflops": tests[name][j].expected_gflops}
-        rows.append(row)
-    return rows
-
-
-def format_table(rows, names, single) -> str:
-    head1 = f"{'budget':>8} |" + "|".join(f"{n:^25}" for n in names)
-    head2 = f"{'GFLOPs':>8} |" + "|".join(f"{'cal %':>8}{'test %':>8}{'test GF':>9}" for _ in names)
-    lines = [head1, head2, "-" * len(head2)]
-    for row in rows:
-        cells = []
-        for n in names:
-            r = row[n]
-            if r is None:
-                cells.append(f"{'-':>8}{'-':>8}{'-':>9}")
-            else:
-                cal, test = 100 * r["calibration_accuracy"], 100 * r["test_accuracy"]
-                cells.append(f"{cal:8.2f}{test:8.2f}{r['test_gflops']:9.4f}")
-        lines.append(f"{row['budget']:8.4f} |" + "|".join(cells))
-    gf, cal, test = single
-    lines.append("single exits (GFLOPs: calibration % / test %): " +
-                 ", ".join(f"{g:.4f}: {100 * a:.2f}/{100 * b:.2f}" for g, a, b in zip(gf, cal, test)))
-    return "\n".join(lines)
-
-
-def write_results(out: Path, result: dict, curves, tests, calib_scores, test_scores, title: str) -> None:
-    """Render everything into a staging directory, then move it into place (no partial output)."""
-    from common.thresholds.plots import plot_accuracy_vs_gflops, plot_exit_counts
-
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a directory")
-    parent = out.resolve().parent
-    if not parent.is_dir():
-        raise UsageError(f"--out {out}: parent directory {parent} does not exist")
-    staging = parent / f".{out.name}.staging-{uuid.uuid4().hex}"
-    staging.mkdir()
-    try:
-        atomic_write_text(staging / "thresholds.json", json.dumps(result, indent=1, allow_nan=False) + "\n")
-        gf = calib_scores.gflops
-        plot_accuracy_vs_gflops(staging / "accuracy_vs_gflops.png",
-                                {n: ([e.expected_gflops for e in tests[n]], [e.accuracy for e in tests[n]])
-                                 for n in curves},
-                                (gf, anytime_accuracy(test_scores.correct)), f"{title} — test split")
-        plot_accuracy_vs_gflops(staging / "accuracy_vs_gflops_calibration.png",
-                                {n: (c.expected_gflops, c.accuracy) for n, (c, _) in curves.items()},
-                                (gf, anytime_accuracy(calib_scores.correct)), f"{title} — calibration split")
-        plot_exit_counts(staging / "exit_counts.png",
-                         {n: (c.budgets, np.array([e.exit_counts for e in tests[n]])) for n, (c, _) in curves.items()},
-                         f"{title} — samples leaving at each exit per budget (test split)")
-        if not out.exists():
-            staging.rename(out)
-            return
-        for name in FILES:
-            (staging / name).replace(out / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def run(args) -> dict:
-    names = parse_solvers(args.solvers)
+    options = ThresholdOptions(solvers=parse_solvers(args.solvers), criterion=args.criterion, budgets=args.budgets,
+                               seed=args.seed, ga_population=args.ga_population, ga_generations=args.ga_generations,
+                               exact_outer_candidates=parse_outer(args.exact_outer_candidates))
     calib_out, test_out, split = load_splits(args)
-    scored = "confidence" if args.criterion == "random" else args.criterion
-    calib = ExitScores.from_outputs(calib_out, scored)
-    test = ExitScores.from_outputs(test_out, scored)
-    budgets = parse_budgets(args.budgets, calib)
-    curves = solve_all(names, calib, budgets, args)
-    tests = {n: evaluate_on(c, test, args.seed) for n, (c, _) in curves.items()}
-    rows = table_rows(budgets, curves, tests)
-    single = (calib.gflops, anytime_accuracy(calib.correct), anytime_accuracy(test.correct))
-    split["calibration"]["num_samples"] = calib.num_samples
-    split["test"]["num_samples"] = test.num_samples
-    result = {
-        "format": RESULTS_FORMAT, "version": 1, "model": calib_out.model, "criterion": args.criterion,
-        "gflops": calib.gflops.tolist(), "num_exits": calib.num_exits, "num_classes": calib_out.num_classes,
-        "accuracy_unit": "fraction", **split,
-        "anytime_accuracy": {"calibration": single[1].tolist(), "test": single[2].tolist()},
-        "budgets": [float(b) for b in budgets], "budgets_spec": args.budgets,
-        "solvers": {n: {"curve": c.to_dict(), "seconds": t,
-                        "test": {"accuracy": [e.accuracy for e in tests[n]],
-                                 "expected_gflops": [e.expected_gflops for e in tests[n]],
-                                 "exit_counts": [list(e.exit_counts) for e in tests[n]],
-                                 "exit_fractions": [list(e.exit_fractions) for e in tests[n]]}}
-                    for n, (c, t) in curves.items()},
-        "table": rows,
-    }
-    print(f"{calib_out.model or 'model'}: {calib.num_exits} exits, calibration {calib.num_samples} / test "
-          f"{test.num_samples} samples, criterion {args.criterion}")
-    for n, (c, t) in curves.items():
-        print(f"  {n}: {c.num_points} points in {t:.2f} s")
-    print(format_table(rows, list(curves), single))
-    write_results(Path(args.out), result, curves, tests, calib, test, calib_out.model or "thresholds")
-    print(f"wrote {', '.join(FILES)} to {args.out}")
-    return result
+    return run_thresholds(calib_out, test_out, args.out, options, split=split)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (ValueError, FileNotFoundError) as e:  # ExitOutputsError and UsageError are ValueErrors
+    except (ValueError, FileNotFoundError) as e:  # ExitOutputsError, UsageError, ThresholdOptionError
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

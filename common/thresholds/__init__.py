@@ -4,7 +4,8 @@ Pipeline: a framework's evaluation script writes per-exit logits with `save_exit
 `outputs.py`); `calibration_test_split` makes a seeded held-out split; `ExitScores.from_outputs` computes
 the exit criterion; `solve(name, calibration_scores, budgets)` returns a `ThresholdCurve`, which is saved
 with the checkpoint (`to_dict`) and applied at run time with `thresholds_for_budget` and the one exit
-rule `exit_indices` / `exit_mask`. `tools/solve_thresholds.py` runs all of it from the command line.
+rule `exit_indices` / `exit_mask`. `pipeline.run_thresholds` runs all of it on a calibration and a test split
+(solve, evaluate, thresholds.json, plots); `tools/solve_thresholds.py` and both trainers call it.
 
 Modules: outputs (npz layout), scores (criteria), rule (exit rule), evaluate (accuracy, GFLOPs, exit
 fractions, anytime accuracy), random_exit, budgets, curve (ThresholdCurve), geometric / genetic / exact

@@ -12,6 +12,7 @@ import os
 import yaml
 
 from common.registry import get_config
+from common.thresholds.pipeline import parse_solvers
 
 from .recipes import recipe_for
 
@@ -151,7 +152,62 @@ def _validate(args, parser, cfg) -> None:
     for name in ("scale", "ratio", "opt_betas"):
         if len(getattr(args, name)) != 2:
             parser.error(f"--{name.replace('_', '-')} takes two numbers, got {getattr(args, name)}")
+    try:
+        parse_solvers(args.solvers)
+    except ValueError as err:
+        parser.error(str(err))
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        parser.error(f"--output {args.output!r} exists and is not a folder")
+    if args.max_steps_per_epoch is not None and args.max_steps_per_epoch < 1:
+        parser.error("--max-steps-per-epoch must be >= 1")
     if args.eval_batch_size is None:
         args.eval_batch_size = 2 * args.batch_size
     if args.drop_path is None:
         args.drop_path = cfg.drop_path_rate
+
+
+def build_eval_parser(framework: str = "torch") -> argparse.ArgumentParser:
+    """The command line of `torch_impl/evaluate.py` and `ms_impl/evaluate.py`."""
+    if framework not in DEVICES:
+        raise ValueError(f"framework must be one of {sorted(DEVICES)}, got {framework!r}")
+    p = argparse.ArgumentParser(
+        description=f"Evaluate a DVT checkpoint ({framework}): per-exit top-1 on the calibration and test splits, "
+                    "thresholds solved on calibration, budget curve on test, plots and summary.json in --output.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="weights file (any supported format and naming)")
+    p.add_argument("--model", default=None,
+                   help="registered model name (default: the config stored in the checkpoint, else inferred from "
+                        "its shapes)")
+    p.add_argument("--num-classes", type=int, default=None, help="classes of the checkpoint's heads")
+    p.add_argument("--img-size", type=int, default=None, help="override the config's input size")
+    p.add_argument("--use-ema", action="store_true", help="evaluate the EMA weights of a training checkpoint")
+    p.add_argument("--dataset", choices=DATASETS, default="digits")
+    p.add_argument("--data-dir", default="", help="dataset root (CIFAR python folder or ImageFolder root)")
+    p.add_argument("--calib-size", type=float, default=None,
+                   help="training images held out for calibration (count, or fraction if < 1); must match training")
+    p.add_argument("--workers", type=int, default=2, help="data-loading workers")
+    p.add_argument("-b", "--batch-size", type=int, default=128)
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False, help="mixed precision")
+    p.add_argument("--device", choices=DEVICES[framework], default="auto")
+    p.add_argument("--output", default="outputs/eval", help="folder for outputs, thresholds, plots, summary")
+    p.add_argument("--solvers", default="exact,genetic,geometric", help="threshold solvers")
+    p.add_argument("--seed", type=int, default=42, help="seed of the genetic solver")
+    return p
+
+
+def parse_eval_args(argv=None, framework: str = "torch") -> argparse.Namespace:
+    parser = build_eval_parser(framework)
+    args = parser.parse_args(argv)
+    args.framework = framework
+    if args.dataset in ("cifar10", "cifar100", "imagefolder") and not args.data_dir:
+        parser.error(f"--dataset {args.dataset} needs --data-dir (the dataset root)")
+    if not os.path.isfile(args.checkpoint):
+        parser.error(f"--checkpoint {args.checkpoint!r}: no such file")
+    if args.model is not None:
+        try:
+            get_config(args.model)
+        except ValueError as err:
+            parser.error(str(err))
+    if args.batch_size < 1:
+        parser.error("--batch-size must be >= 1")
+    return args

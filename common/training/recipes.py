@@ -37,6 +37,7 @@ DIGITS_RECIPE = dict(
     mixup_switch_prob=0.5, smoothing=0.1, train_interpolation="bilinear", color_jitter=0.0, hflip=0.0,
     scale=(0.75, 1.0), ratio=(0.9, 1.1), drop=0.0, drop_path=0.0, model_ema=False, model_ema_decay=0.999,
     amp=False, clip_grad=None, calib_size=None,
+    workers=0,  # in-memory 32x32 images: worker processes cost more than they save on 2 cores
 )
 
 

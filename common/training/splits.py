@@ -108,3 +108,17 @@ def resolve_splits(dataset: str, data_dir: str = "", img_size: int = 32, calib_s
             train, calib = _hold_out(full, _calib_count(calib_size, len(full), dataset))
         return DataSplits(train, calib, test, len(classes), f"ImageFolder at {data_dir}", classes)
     raise ValueError(f"unknown dataset {dataset!r}; expected one of digits, cifar10, cifar100, imagefolder")
+
+
+def dataset_num_classes(dataset: str, data_dir: str = "") -> int:
+    """Number of classes of a data set without loading it (ImageFolder: class folders of train/)."""
+    fixed = {"digits": 10, "cifar10": 10, "cifar100": 100}
+    if dataset in fixed:
+        return fixed[dataset]
+    if dataset == "imagefolder":
+        train_dir = os.path.join(data_dir, "train")
+        if not os.path.isdir(train_dir):
+            raise FileNotFoundError(f"ImageFolder data set {data_dir!r} needs train/ and val/ sub-folders "
+                                    f"(ImageNet layout); {train_dir!r} is missing")
+        return sum(1 for e in os.scandir(train_dir) if e.is_dir())
+    raise ValueError(f"unknown dataset {dataset!r}; expected one of digits, cifar10, cifar100, imagefolder")

@@ -1,0 +1,83 @@
+"""The end of every training or evaluation run, in both frameworks: per-exit outputs -> files in --output.
+
+    summary = finalize_run(out_dir, cfg, calib=(logits, labels), test=(logits, labels), framework="torch",
+                           mode="train", dataset={...}, weights={...}, solvers="exact,genetic,geometric")
+
+writes `calib_outputs.npz` / `test_outputs.npz` (layout: common/thresholds/outputs.py), solves thresholds
+on the calibration split and reports them on the test split (`common.thresholds.pipeline`:
+thresholds.json and the plots; skipped for single-exit models), then `summary.json`
+(`common.training.summary`). Logits are (K, N, C) arrays, labels (N,), in the order of the split.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from common.config import DVTConfig
+from common.flops import cumulative_gflops
+from common.thresholds import ExitOutputs
+from common.thresholds.outputs import write_exit_outputs
+from common.thresholds.pipeline import ThresholdOptions, parse_solvers, run_thresholds
+
+from .run_files import run_files
+from .summary import build_summary, write_summary
+
+
+def finalize_run(out_dir, cfg: DVTConfig, *, calib: tuple, test: tuple, framework: str, mode: str, dataset: dict,
+                 weights: dict, solvers: str = "exact,genetic,geometric", seed: int = 0,
+                 train_seconds: float | None = None, files: dict | None = None, verbose: bool = True) -> dict:
+    """Write outputs, thresholds, plots and summary.json into `out_dir`; return the summary dict.
+
+    `files` overrides entries of the summary's file list (e.g. files the run did not write set to None).
+    """
+    start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = run_files(framework)
+    gflops = cumulative_gflops(cfg)
+    calib_out = ExitOutputs(calib[0], calib[1], gflops, cfg.name, "calib")
+    test_out = ExitOutputs(test[0], test[1], gflops, cfg.name, "test")
+    write_exit_outputs(out / names["calib_outputs"], calib_out)
+    write_exit_outputs(out / names["test_outputs"], test_out)
+    result = None
+    if cfg.num_exits >= 2:
+        split = {"calibration": {"file": names["calib_outputs"], "split": "calib"},
+                 "test": {"file": names["test_outputs"], "split": "test"}}
+        result = run_thresholds(calib_out, test_out, out, ThresholdOptions(solvers=parse_solvers(solvers), seed=seed),
+                                split=split, verbose=False)
+    else:
+        names["thresholds"], names["plots"] = None, []
+    names.update(files or {})
+    summary = build_summary(framework=framework, mode=mode, cfg=cfg, dataset=dataset, weights=weights,
+                            calib=calib_out, test=test_out, threshold_result=result, files=names,
+                            timing={"train_seconds": train_seconds, "finalize_seconds": time.perf_counter() - start})
+    write_summary(out / names["summary"], summary)
+    if verbose:
+        print(format_summary(summary))
+    return summary
+
+
+def checkpoint_extras(out_dir, summary: dict) -> dict:
+    """What the final checkpoint carries beside the weights: the solved threshold curves
+    (`ThresholdCurve.to_dict` per solver, from thresholds.json; {} for single-exit models) and the
+    per-exit top-1 and cumulative GFLOPs of the summary."""
+    curves = {}
+    if summary["files"].get("thresholds"):
+        with open(Path(out_dir) / summary["files"]["thresholds"], encoding="utf-8") as fh:
+            curves = {n: s["curve"] for n, s in json.load(fh)["solvers"].items()}
+    return {"thresholds": curves, "top1": summary["top1"], "gflops": summary["gflops"]}
+
+
+def format_summary(summary: dict) -> str:
+    """A few lines for the console: per-exit top-1 and GFLOPs, and the best budget points."""
+    lines = [f"{summary['model']}: per-exit top-1 % (calib / test) at cumulative GFLOPs"]
+    for k, (g, a, b) in enumerate(zip(summary["gflops"], summary["top1"]["calib"], summary["top1"]["test"])):
+        lines.append(f"  exit {k + 1} (grid {summary['grids'][k]}): {100 * a:6.2f} / {100 * b:6.2f}  at {g:.6g} GFLOPs")
+    for name, h in summary["highlights"].items():
+        match = h["matches_last_exit_gflops"]
+        text = (f"matches the last exit at {match:.6g} GFLOPs ({100 * h['gflops_saving']:.0f}% fewer)"
+                if match is not None else "never matches the last exit")
+        lines.append(f"  {name}: best test top-1 {100 * h['best_accuracy']:.2f}% at {h['best_accuracy_gflops']:.6g} "
+                     f"GFLOPs; {text}")
+    return "\n".join(lines)

@@ -1,0 +1,113 @@
+#!/usr/bin/env python
+"""Evaluate a DVT checkpoint: per-exit top-1, per-exit outputs, thresholds, budget curve, plots, summary.json.
+
+    python torch_impl/evaluate.py --checkpoint runs/digits/checkpoint.pth --output runs/digits-eval
+    python torch_impl/evaluate.py --checkpoint dvt_t2t_vit_12.pth --model dvt_t2t_vit_12 \\
+        --dataset imagefolder --data-dir /data/imagenet --output runs/t2t12-eval
+
+The model comes from --model, else from the config stored in the checkpoint (files written by
+torch_impl/train.py carry it), else from the registry config whose parameter shapes the checkpoint
+fits. Loading is strict: a checkpoint that does not fit the model exits with status 2 and the list
+of missing, unexpected and mis-shaped keys. Same splits and the same `finalize_run` as training.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a script: put the repository, not torch_impl/, on the path
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [os.path.dirname(_here)] + [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+
+from pathlib import Path
+
+import torch
+
+from common.checkpoints import extract_state_dict, infer_configs
+from common.config import DVTConfig
+from common.registry import get_config, list_models
+from common.training import finalize_run, parse_eval_args, resolve_splits, write_run_config
+from common.training.splits import dataset_num_classes
+from torch_impl.checkpoint import canonical_state_dict, read_checkpoint, validate
+from torch_impl.data import SplitDataset, error_message, eval_loader, eval_transform
+from torch_impl.distributed import pick_device
+from torch_impl.engine import autocast_for, collect_logits
+from torch_impl.models import DVT
+from torch_impl.models.factory import pretrained_cfg
+
+FRAMEWORK = "torch"
+
+
+def resolve_config(args, raw, dataset_classes: int) -> DVTConfig:
+    """--model, else the checkpoint's stored config, else the one registry config its shapes fit."""
+    overrides = {"img_size": args.img_size} if args.img_size else {}
+    if args.num_classes:
+        overrides["num_classes"] = args.num_classes
+    if args.model:
+        overrides.setdefault("num_classes", dataset_classes)
+        return get_config(args.model, **overrides)
+    if isinstance(raw, dict) and isinstance(raw.get("config"), dict):
+        return DVTConfig.from_dict(raw["config"]).replace(**overrides)
+    shapes = {k: tuple(v.shape) for k, v in extract_state_dict(raw, use_ema=args.use_ema).tensors.items()}
+    classes = overrides.pop("num_classes", dataset_classes)
+    candidates = [get_config(n, num_classes=classes, **overrides) for n in list_models()]
+    fits = infer_configs(shapes, candidates)
+    if len(fits) != 1:
+        found = ", ".join(c.name for c, _ in fits) or "none"
+        raise ValueError(f"{args.checkpoint}: cannot tell the model from its parameters ({len(shapes)} tensors; "
+                         f"registry configs with {classes} classes that fit: {found}); pass --model")
+    return fits[0][0]
+
+
+def load_model(args, raw, cfg: DVTConfig) -> DVT:
+    """The model of `cfg` with the checkpoint's weights, loaded strictly (CheckpointMismatchError otherwise)."""
+    model = DVT(cfg)
+    model.pretrained_cfg = model.default_cfg = pretrained_cfg(cfg)
+    tensors, naming, extracted = canonical_state_dict(raw, cfg, use_ema=args.use_ema)
+    validate(extracted.tensors, cfg, naming, f"model {cfg.name!r} (file {args.checkpoint}, {naming} names)")
+    with torch.no_grad():
+        torch.nn.Module.load_state_dict(model, tensors)
+    return model
+
+
+def evaluate(args) -> dict:
+    out = Path(args.output)
+    device = pick_device(args.device)
+    raw = read_checkpoint(args.checkpoint)
+    cfg = resolve_config(args, raw, dataset_num_classes(args.dataset, args.data_dir))
+    model = load_model(args, raw, cfg).to(device)
+    splits = resolve_splits(args.dataset, args.data_dir, cfg.img_size, args.calib_size)
+    if cfg.num_classes < splits.num_classes:
+        raise ValueError(f"{args.checkpoint}: the model has {cfg.num_classes}-class heads but {splits.source} has "
+                         f"{splits.num_classes} classes")
+    autocast = autocast_for(device, args.amp)
+    pin = device.type == "cuda"
+    logits = {}
+    for name, split in (("calib", splits.calib), ("test", splits.test)):
+        loader = eval_loader(SplitDataset(split, eval_transform(cfg), name), args.batch_size, args.workers, pin)
+        logits[name] = collect_logits(model, loader, device, autocast)
+    out.mkdir(parents=True, exist_ok=True)
+    write_run_config(out, cfg, None, FRAMEWORK)
+    epoch = raw.get("epoch") if isinstance(raw, dict) else None
+    return finalize_run(out, cfg, calib=logits["calib"], test=logits["test"], framework=FRAMEWORK, mode="evaluate",
+                        dataset={"name": args.dataset, "source": splits.source, "num_classes": splits.num_classes,
+                                 "sizes": splits.sizes()},
+                        weights={"checkpoint": str(args.checkpoint), "ema": bool(args.use_ema),
+                                 "epochs_completed": int(epoch) if isinstance(epoch, int) else None},
+                        solvers=args.solvers, seed=args.seed,
+                        files={"checkpoint": str(args.checkpoint), "train_state": None, "args": None, "log": None})
+
+
+def main(argv=None) -> int:
+    args = parse_eval_args(argv, framework=FRAMEWORK)
+    try:
+        evaluate(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:  # CheckpointMismatchError is a ValueError
+        print(f"error: {error_message(err)}", file=sys.stderr)
+        return 2
+    print(f"outputs in {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
