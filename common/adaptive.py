@@ -14,11 +14,16 @@ through here, so that both frameworks take the same decisions as the offline eva
 - `thresholds_for_fractions`: thresholds under which given fractions of a batch leave at each exit,
   taken from the samples' own scores (midpoints between neighbouring scores, so that rounding noise of
   the order of 1e-7 cannot move a sample across a threshold); used by the benchmark and the tests.
+- `stage_needs` and `ExitTracker`: the host-side bookkeeping of one adaptive batch (what exit k must hand
+  on, which input rows are still in the cascade, where each left, how to put the logits back in input
+  order), shared so that the two frameworks' loops differ only in their tensor calls.
 - `relation_resample_matrix`: the constant of the fast relation-reuse kernels of both frameworks.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from dataclasses import dataclass
 
 from .resample import resample_matrix
 from .thresholds.curve import ThresholdCurve
@@ -132,6 +137,66 @@ def thresholds_for_fractions(scores_kn: np.ndarray, fractions) -> tuple[np.ndarr
         remaining = remaining[~leave]
     counts = exit_counts(exit_indices(s, thresholds), k_exits)
     return thresholds, counts, margin
+
+
+def stage_needs(exits, k: int, fast: bool = True) -> tuple[bool, bool, bool]:
+    """What exit k of `exits` (either framework's ViTExit list) must compute for exit k+1:
+    (its features, its relations, explicit attention logits)."""
+    nxt = exits[k + 1] if k + 1 < len(exits) else None
+    features = nxt is not None and nxt.feature_reuse
+    relations = nxt is not None and nxt.relation_reuse
+    return features, relations, relations or not fast
+
+
+@dataclass
+class StageStep:
+    """Exit k's decision, in positions of the rows that ran exit k (what the framework must gather)."""
+
+    num_left: int
+    leave: np.ndarray | None  # positions that leave; None: all of them
+    keep: np.ndarray | None  # positions that stay; None: all of them (nothing to gather)
+    done: bool  # every sample has left: later exits must not run
+
+
+class ExitTracker:
+    """Which input rows are still in the cascade, and where each one left (one adaptive batch)."""
+
+    def __init__(self, batch_size: int, num_exits: int):
+        self.rows = np.arange(batch_size)  # input rows still in the cascade, in the order the stages see them
+        self.exit_index = np.full(batch_size, num_exits - 1, dtype=np.int64)
+        self.counts = [0] * num_exits
+        self._order: list[np.ndarray] = []  # input rows of the leaving samples, stage by stage
+
+    @property
+    def done(self) -> bool:
+        return self.rows.size == 0
+
+    def record(self, k: int, leave: np.ndarray | None) -> StageStep:
+        """Record exit k's decision for the rows still in (`leave` (n,) bool, None: all leave)."""
+        n = self.rows.size
+        leave = np.ones(n, dtype=bool) if leave is None else np.asarray(leave, dtype=bool)
+        if leave.shape != (n,):
+            raise ValueError(f"exit {k}: a decision for {leave.shape} samples, {n} ran the exit")
+        n_leave = int(leave.sum())
+        self.counts[k] = n_leave
+        if n_leave:
+            self.exit_index[self.rows[leave]] = k
+            self._order.append(self.rows[leave])
+        step = StageStep(n_leave, None if n_leave == n else np.flatnonzero(leave),
+                         None if n_leave == 0 else np.flatnonzero(~leave), n_leave == n)
+        self.rows = self.rows[~leave]
+        return step
+
+    def inverse_order(self) -> np.ndarray | None:
+        """Index that puts the stages' concatenated logits back in input order; None if already in order."""
+        if not self._order:
+            return None
+        rows = np.concatenate(self._order)
+        if np.array_equal(rows, np.arange(rows.size)):
+            return None
+        inverse = np.empty_like(rows)
+        inverse[rows] = np.arange(rows.size)
+        return inverse
 
 
 def relation_resample_matrix(src: int, dst: int) -> np.ndarray:

@@ -30,7 +30,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
-from common.adaptive import leave_mask, resolve_thresholds
+from common.adaptive import ExitTracker, leave_mask, resolve_thresholds, stage_needs
 
 from .exit import check_image
 
@@ -92,14 +92,6 @@ def _gather(t: Tensor, rows: Tensor | None) -> Tensor:
     return t if rows is None else ops.gather(t, rows, 0)
 
 
-def stage_needs(model, k: int, fast: bool = True) -> tuple[bool, bool, bool]:
-    """What exit k must compute for exit k+1: (its features, its relations, explicit attention logits)."""
-    nxt = model.exits[k + 1] if k + 1 < len(model.exits) else None
-    features = nxt is not None and nxt.feature_reuse
-    relations = nxt is not None and nxt.relation_reuse
-    return features, relations, relations or not fast
-
-
 def adaptive_forward(model, x: Tensor, thresholds, criterion: str | None = None, *,
                      budget: float | None = None, fast: bool = True) -> AdaptiveResult:
     """Early-exit inference of a `DVT` in eval mode on a batch `x` (B, C, H, W), PYNATIVE or GRAPH mode.
@@ -114,49 +106,37 @@ def adaptive_forward(model, x: Tensor, thresholds, criterion: str | None = None,
     t, criterion = resolve_thresholds(thresholds, k_exits, criterion, budget)
     cfg = model.config
     check_image(x, cfg.in_chans, cfg.img_size)
-    exit_np = np.full(x.shape[0], k_exits - 1, dtype=np.int64)
-    counts = [0] * k_exits
-    pieces, order = [], []  # logits of the leaving samples, stage by stage, and their input rows
-    rows = np.arange(x.shape[0])  # input rows still in the cascade
-    active = None  # the same rows as a Tensor; None while they are all there, in order
+    track = ExitTracker(x.shape[0], k_exits)
+    pieces = []  # logits of the leaving samples, stage by stage
+    active = None  # input rows still in the cascade as a Tensor; None while they are all there, in order
     features = relations = None
     for k in range(k_exits):
-        n = rows.size
-        if n == 0:
+        if track.done:
             break  # empty stage: nothing runs
-        send_features, send_relations, explicit = stage_needs(model, k, fast)
+        send_features, send_relations, explicit = stage_needs(model.exits, k, fast)
         args = (_gather(x, active),) + tuple(r for r in (features, relations) if r is not None)
         stage = exit_stage(model, k, explicit, fast, args)
         logits, feats, rels = stage(*(ms.mutable(a) if isinstance(a, tuple) else a for a in args))
         last = k == k_exits - 1  # the last exit takes everyone: no score, no device sync
-        leave = np.ones(n, dtype=bool) if last else leave_mask(
-            logits.asnumpy().astype(np.float32), t, k, criterion)
-        n_leave = int(leave.sum())
-        counts[k] = n_leave
-        if n_leave:
-            exit_np[rows[leave]] = k
-            order.append(rows[leave])
-            pieces.append(logits if n_leave == n else ops.gather(logits, Tensor(np.flatnonzero(leave), ms.int32), 0))
-        if n_leave == n:
+        step = track.record(k, None if last else leave_mask(logits.asnumpy().astype(np.float32), t, k, criterion))
+        if step.num_left:
+            pieces.append(logits if step.leave is None else _gather(logits, _index(step.leave)))
+        if step.done:
             break  # every sample has left: later exits never run
-        keep = None if n_leave == 0 else Tensor(np.flatnonzero(~leave), ms.int32)
+        keep = None if step.keep is None else _index(step.keep)
         features = _gather(feats, keep) if send_features else None
         relations = tuple(_gather(r, keep) for r in rels) if send_relations else None
         feats = rels = None  # free the rows that left before the next exit runs
         if keep is not None:
-            rows = rows[~leave]
-            active = Tensor(rows.astype(np.int32))
-    return AdaptiveResult(_in_input_order(pieces, order, x, cfg.num_classes), Tensor(exit_np), tuple(counts))
-
-
-def _in_input_order(pieces: list, order: list, x: Tensor, num_classes: int) -> Tensor:
-    """Concatenate the stages' logits and put the rows back in input order (no copy if already in order)."""
+            active = _index(track.rows)
+    inverse = track.inverse_order()
     if not pieces:
-        return ops.zeros((0, num_classes), x.dtype)
-    rows = np.concatenate(order)
-    logits = pieces[0] if len(pieces) == 1 else ops.cat(pieces)
-    if np.array_equal(rows, np.arange(rows.size)):
-        return logits
-    inverse = np.empty_like(rows)
-    inverse[rows] = np.arange(rows.size)
-    return ops.gather(logits, Tensor(inverse.astype(np.int32)), 0)
+        logits = ops.zeros((0, cfg.num_classes), x.dtype)
+    else:
+        logits = _gather(pieces[0] if len(pieces) == 1 else ops.cat(pieces),
+                         None if inverse is None else _index(inverse))
+    return AdaptiveResult(logits, Tensor(track.exit_index), tuple(track.counts))
+
+
+def _index(rows: np.ndarray) -> Tensor:
+    return Tensor(rows.astype(np.int32))

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from common.adaptive import leave_mask, resolve_thresholds
+from common.adaptive import ExitTracker, leave_mask, resolve_thresholds, stage_needs
 
 from .exit import check_image
 
@@ -39,14 +39,6 @@ class AdaptiveResult(NamedTuple):
 
 def _gather(t: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
     return t if rows is None else t.index_select(0, rows)
-
-
-def stage_needs(model, k: int, fast: bool = True) -> tuple[bool, bool, bool]:
-    """What exit k must compute for exit k+1: (its features, its relations, explicit attention logits)."""
-    nxt = model.exits[k + 1] if k + 1 < len(model.exits) else None
-    features = nxt is not None and nxt.feature_reuse
-    relations = nxt is not None and nxt.relation_reuse
-    return features, relations, relations or not fast
 
 
 @torch.no_grad()
@@ -64,48 +56,35 @@ def adaptive_forward(model, x: torch.Tensor, thresholds, criterion: str | None =
     t, criterion = resolve_thresholds(thresholds, k_exits, criterion, budget)
     cfg = model.config
     check_image(x, cfg.in_chans, cfg.img_size)
-    exit_np = np.full(x.shape[0], k_exits - 1, dtype=np.int64)
-    counts = [0] * k_exits
-    pieces, order = [], []  # logits of the leaving samples, stage by stage, and their input rows
-    rows = np.arange(x.shape[0])  # input rows still in the cascade
-    active = None  # the same rows on x's device; None while they are all there, in order
+    track = ExitTracker(x.shape[0], k_exits)
+    pieces = []  # logits of the leaving samples, stage by stage
+    active = None  # input rows still in the cascade, on x's device; None while they are all there, in order
     features = relations = None
     for k, exit_ in enumerate(model.exits):
-        n = rows.size
-        if n == 0:
+        if track.done:
             break  # empty stage: nothing runs
-        send_features, send_relations, explicit = stage_needs(model, k, fast)
+        send_features, send_relations, explicit = stage_needs(model.exits, k, fast)
         logits, feats, rels = exit_(_gather(x, active), features, relations, need_relations=explicit, fast=fast)
         last = k == k_exits - 1  # the last exit takes everyone: no score, no device sync
-        leave = np.ones(n, dtype=bool) if last else leave_mask(
-            logits.float().cpu().numpy(), t, k, criterion)
-        n_leave = int(leave.sum())
-        counts[k] = n_leave
-        if n_leave:
-            exit_np[rows[leave]] = k
-            order.append(rows[leave])
-            pieces.append(logits if n_leave == n else logits[torch.from_numpy(leave).to(logits.device)])
-        if n_leave == n:
+        step = track.record(k, None if last else leave_mask(logits.float().cpu().numpy(), t, k, criterion))
+        if step.num_left:
+            pieces.append(logits if step.leave is None else _gather(logits, _index(step.leave, logits)))
+        if step.done:
             break  # every sample has left: later exits never run
-        keep = None if n_leave == 0 else torch.from_numpy(np.flatnonzero(~leave)).to(x.device)
+        keep = None if step.keep is None else _index(step.keep, x)
         features = _gather(feats, keep) if send_features else None
         relations = tuple(_gather(r, keep) for r in rels) if send_relations else None
         feats = rels = None  # free the rows that left before the next exit runs
         if keep is not None:
-            rows = rows[~leave]
-            active = torch.from_numpy(rows).to(x.device)
-    return AdaptiveResult(_in_input_order(pieces, order, x, cfg.num_classes),
-                          torch.from_numpy(exit_np).to(x.device), tuple(counts))
-
-
-def _in_input_order(pieces: list, order: list, x: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Concatenate the stages' logits and put the rows back in input order (no copy if already in order)."""
+            active = _index(track.rows, x)
+    inverse = track.inverse_order()
     if not pieces:
-        return x.new_empty(0, num_classes)
-    rows = np.concatenate(order)
-    logits = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-    if np.array_equal(rows, np.arange(rows.size)):
-        return logits
-    inverse = np.empty_like(rows)
-    inverse[rows] = np.arange(rows.size)
-    return logits.index_select(0, torch.from_numpy(inverse).to(logits.device))
+        logits = x.new_empty(0, cfg.num_classes)
+    else:
+        logits = _gather(pieces[0] if len(pieces) == 1 else torch.cat(pieces),
+                         None if inverse is None else _index(inverse, x))
+    return AdaptiveResult(logits, torch.from_numpy(track.exit_index).to(x.device), tuple(track.counts))
+
+
+def _index(rows: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(rows).to(like.device)
