@@ -19,13 +19,23 @@ from ms_impl.optim import AdamW, adamw_scalars, decay_flags
 from ms_impl.train_state import load_train_state
 from ms_impl.transfer import load_for_transfer
 
+# --cpu-threads 0: in-process runs leave MindSpore's kernel pool alone (it can be sized once per process, and
+# later test modules share this one).
 FAST = ["--model", "dvt_tiny_deit", "--batch-size", "16", "--max-steps-per-epoch", "2", "--solvers", "geometric",
-        "--workers", "0", "--eval-batch-size", "256", "--warmup-epochs", "1", "--device", "CPU"]
+        "--workers", "0", "--eval-batch-size", "256", "--warmup-epochs", "1", "--device", "CPU", "--cpu-threads", "0"]
 # Every host-side source of randomness of the reference recipe: RandAugment, random erasing, flips, mixup/cutmix,
 # plus EMA and clipping. dvt_tiny_deit has no dropout; drop path stays 0 (see ms_impl/train_state.py: MindSpore's
 # dropout kernels keep a random state that a resumed process cannot restore).
 RECIPE = ["--model-ema", "--model-ema-decay", "0.9", "--mixup", "0.2", "--cutmix", "0.3", "--aa",
           "rand-m9-mstd0.5-inc1", "--reprob", "0.25", "--hflip", "0.5", "--clip-grad", "1.0"]
+
+
+@pytest.fixture(autouse=True)
+def _keep_execution_mode():
+    """train.main switches the process to GRAPH (or PYNATIVE) mode; other test modules expect theirs back."""
+    mode = ms.get_context("mode")
+    yield
+    ms.set_context(mode=mode)
 
 
 def _max_diff(a: dict, b: dict) -> float:

@@ -22,6 +22,15 @@ ROOT = Path(__file__).resolve().parents[1]
 CHANCE = 0.1  # ten digits
 
 
+@pytest.fixture(autouse=True)
+def _keep_execution_mode():
+    """evaluate.main switches the process to GRAPH mode; other test modules expect theirs back."""
+    import mindspore as ms
+    mode = ms.get_context("mode")
+    yield
+    ms.set_context(mode=mode)
+
+
 def _run(args, timeout=600):
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
@@ -92,7 +101,8 @@ def test_learning_rates_are_timms(default_run):
 def test_evaluate_reproduces_the_training_summary(default_run, tmp_path):
     out, _ = default_run
     ev = tmp_path / "eval"
-    assert evaluate.main(["--checkpoint", str(out / "checkpoint.ckpt"), "--output", str(ev), "--workers", "0"]) == 0
+    assert evaluate.main(["--checkpoint", str(out / "checkpoint.ckpt"), "--output", str(ev), "--workers", "0",
+                          "--cpu-threads", "0"]) == 0  # 0: leave the process's kernel pool alone
     trained, evaluated = load_summary(out / "summary.json"), load_summary(ev / "summary.json")
     assert tuple(evaluated) == tuple(trained)
     assert evaluated["mode"] == "evaluate" and evaluated["weights"]["epochs_completed"] == trained["weights"]["epochs"]
@@ -128,16 +138,17 @@ def test_evaluate_infers_the_model_and_rejects_a_mismatch(default_run, tmp_path,
     out, _ = default_run
     model = create_model("dvt_tiny_digits", checkpoint_path=out / "checkpoint.ckpt")
     bare = save_state_dict(named_parameters(model, "mindspore"), tmp_path / "bare.ckpt", metadata={})
+    # no stored config: the model is found from the shapes
     assert evaluate.main(["--checkpoint", str(bare), "--output", str(tmp_path / "e1"), "--workers", "0",
-                          "--solvers", "geometric"]) == 0  # no stored config: found from the shapes
+                          "--solvers", "geometric", "--cpu-threads", "0"]) == 0
     assert load_summary(tmp_path / "e1" / "summary.json")["model"] == "dvt_tiny_digits"
     assert evaluate.main(["--checkpoint", str(out / "checkpoint.ckpt"), "--model", "dvt_tiny_deit",
-                          "--output", str(tmp_path / "e2")]) == 2
+                          "--output", str(tmp_path / "e2"), "--cpu-threads", "0"]) == 2
     err = capsys.readouterr().err
     assert "checkpoint does not fit model 'dvt_tiny_deit'" in err and "missing key(s)" in err
     from ms_impl import save_checkpoint
     other = save_checkpoint(create_model("dvt_tiny_deit", num_classes=5), tmp_path / "five.ckpt")
-    assert evaluate.main(["--checkpoint", str(other), "--output", str(tmp_path / "e3")]) == 2
+    assert evaluate.main(["--checkpoint", str(other), "--output", str(tmp_path / "e3"), "--cpu-threads", "0"]) == 2
     assert "5-class heads" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         evaluate.main(["--checkpoint", str(tmp_path / "none.ckpt"), "--output", str(tmp_path / "e4")])
