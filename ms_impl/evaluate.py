@@ -30,7 +30,7 @@ from common.checkpoints import extract_state_dict, infer_configs
 from common.config import DVTConfig
 from common.registry import get_config, list_models
 from common.training import finalize_run, parse_eval_args, resolve_splits, write_run_config
-from common.training.splits import dataset_num_classes
+from common.training.splits import dataset_info, dataset_num_classes
 from ms_impl.checkpoint import load_checkpoint, read_checkpoint
 from ms_impl.data import SplitSource, error_message, eval_batches, eval_transform
 from ms_impl.distributed import pick_device, set_cpu_threads
@@ -111,8 +111,7 @@ def evaluate(args) -> dict:
     write_run_config(out, cfg, None, FRAMEWORK)
     epoch = _extra(raw, "epoch")
     return finalize_run(out, cfg, calib=logits["calib"], test=logits["test"], framework=FRAMEWORK, mode="evaluate",
-                        dataset={"name": args.dataset, "source": splits.source, "num_classes": splits.num_classes,
-                                 "sizes": splits.sizes()},
+                        dataset=dataset_info(args.dataset, splits),
                         weights={"checkpoint": str(args.checkpoint), "ema": bool(args.use_ema),
                                  "epochs_completed": int(epoch) if isinstance(epoch, int) else None},
                         solvers=args.solvers, seed=args.seed,

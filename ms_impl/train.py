@@ -45,6 +45,7 @@ from common.registry import get_config
 from common.training import (CSVLog, checkpoint_extras, epoch_row, finalize_run, format_epoch_line, parse_train_args,
                              resolve_resume, resolve_splits, run_files, write_run_config)
 from common.training.run_files import args_to_dict
+from common.training.splits import dataset_info, num_classes_for
 from common.training.schedule import check_schedule, lr_for_args, total_epochs
 from ms_impl.checkpoint import save_checkpoint
 from ms_impl.data import (SplitSource, TrainLoader, error_message, eval_batches, eval_transform, is_own_error,
@@ -75,24 +76,11 @@ def epoch_rng(seed: int, epoch: int, rank: int) -> np.random.Generator:
     return np.random.default_rng([seed % 2 ** 32, epoch, rank])
 
 
-def dataset_info(args, splits) -> dict:
-    return {"name": args.dataset, "source": splits.source, "num_classes": splits.num_classes, "sizes": splits.sizes()}
-
-
 def build_model(args, num_classes: int):
     overrides = dict(num_classes=num_classes, drop_rate=args.drop, drop_path_rate=args.drop_path)
     if args.img_size:
         overrides["img_size"] = args.img_size
     return create_model(args.model, **overrides)
-
-
-def num_classes_for(args, splits) -> int:
-    if args.num_classes is None:
-        return splits.num_classes
-    if args.num_classes < splits.num_classes:
-        raise ValueError(f"--num-classes {args.num_classes} is smaller than the {splits.num_classes} classes of "
-                         f"{splits.source}")
-    return args.num_classes
 
 
 def check_args(args, device: str) -> None:
@@ -166,7 +154,7 @@ def train(args, dist: DistInfo) -> int:
     seed_everything(args.seed)  # same model initialisation on every rank
     img_size = args.img_size or get_config(args.model).img_size
     splits = resolve_splits(args.dataset, args.data_dir, img_size, args.calib_size)
-    model = build_model(args, num_classes_for(args, splits))
+    model = build_model(args, num_classes_for(args.num_classes, splits))
     cfg = model.config
     resume = resolve_resume(args.resume, out, FRAMEWORK)
     if args.initial_checkpoint and not resume:
@@ -229,7 +217,7 @@ def train(args, dist: DistInfo) -> int:
         calib = collect(calib_source)
     test = collect(SplitSource(splits.test, "test"))
     summary = finalize_run(out, cfg, calib=calib, test=test, framework=FRAMEWORK, mode="train",
-                           dataset=dataset_info(args, splits),
+                           dataset=dataset_info(args.dataset, splits),
                            weights={"checkpoint": files["checkpoint"], "ema": opt.ema is not None,
                                     "epochs_completed": opt.num_epochs, "epochs": opt.num_epochs},
                            solvers=args.solvers, seed=args.seed, train_seconds=train_seconds)

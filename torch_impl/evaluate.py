@@ -27,7 +27,7 @@ from common.checkpoints import extract_state_dict, infer_configs
 from common.config import DVTConfig
 from common.registry import get_config, list_models
 from common.training import finalize_run, parse_eval_args, resolve_splits, write_run_config
-from common.training.splits import dataset_num_classes
+from common.training.splits import dataset_info, dataset_num_classes
 from torch_impl.checkpoint import canonical_state_dict, read_checkpoint, validate
 from torch_impl.data import SplitDataset, error_message, eval_loader, eval_transform
 from torch_impl.distributed import pick_device
@@ -90,8 +90,7 @@ def evaluate(args) -> dict:
     write_run_config(out, cfg, None, FRAMEWORK)
     epoch = raw.get("epoch") if isinstance(raw, dict) else None
     return finalize_run(out, cfg, calib=logits["calib"], test=logits["test"], framework=FRAMEWORK, mode="evaluate",
-                        dataset={"name": args.dataset, "source": splits.source, "num_classes": splits.num_classes,
-                                 "sizes": splits.sizes()},
+                        dataset=dataset_info(args.dataset, splits),
                         weights={"checkpoint": str(args.checkpoint), "ema": bool(args.use_ema),
                                  "epochs_completed": int(epoch) if isinstance(epoch, int) else None},
                         solvers=args.solvers, seed=args.seed,

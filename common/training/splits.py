@@ -122,3 +122,18 @@ def dataset_num_classes(dataset: str, data_dir: str = "") -> int:
                                     f"(ImageNet layout); {train_dir!r} is missing")
         return sum(1 for e in os.scandir(train_dir) if e.is_dir())
     raise ValueError(f"unknown dataset {dataset!r}; expected one of digits, cifar10, cifar100, imagefolder")
+
+
+def dataset_info(dataset: str, splits: DataSplits) -> dict:
+    """The `dataset` block of summary.json (both trainers and both evaluators)."""
+    return {"name": dataset, "source": splits.source, "num_classes": splits.num_classes, "sizes": splits.sizes()}
+
+
+def num_classes_for(num_classes: int | None, splits: DataSplits) -> int:
+    """The heads' class count: --num-classes if given (never fewer than the data has), else the data's."""
+    if num_classes is None:
+        return splits.num_classes
+    if num_classes < splits.num_classes:
+        raise ValueError(f"--num-classes {num_classes} is smaller than the {splits.num_classes} classes of "
+                         f"{splits.source}")
+    return num_classes
