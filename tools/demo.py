@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The demo behind `make demo`: one DVT, trained in PyTorch, run in MindSpore with the same answers.
 
-    python tools/demo.py [--output outputs/demo] [--fresh] [--repeat 3]
+    python tools/demo.py [--output outputs/demo] [--fresh] [--repeat 2]
 
 1. trains the default tiny DVT on the embedded digits (`python torch_impl/train.py`, about 2 minutes);
 2. converts its checkpoint to a MindSpore `.ckpt` (`python tools/convert_weights.py`);
@@ -260,7 +260,7 @@ def parse_args(argv=None):
     p.add_argument("--output", default="outputs/demo", help="folder for the runs, the table and the plots")
     p.add_argument("--fresh", action="store_true", help="train from scratch even if a finished run is there")
     p.add_argument("--budgets", type=int, default=3, help="how many budgets of the threshold curve to run")
-    p.add_argument("--repeat", type=int, default=3, help="timed rounds per setting (medians)")
+    p.add_argument("--repeat", type=int, default=2, help="timed rounds per setting (medians)")
     p.add_argument("--train-args", default="", help="extra flags for torch_impl/train.py (quoted)")
     return p.parse_args(argv)
 
