@@ -3,7 +3,7 @@ VENV        ?= .venv
 PYTHON      := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed
 CONSTRAINTS := requirements/constraints.txt
-EXTRAS      := torch,mindspore,dev
+EXTRAS      := torch,mindspore,deploy,serve,dev
 PYTEST_ARGS ?=
 
 .PHONY: setup test demo flops readme-table clean
