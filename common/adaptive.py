@@ -4,19 +4,21 @@
 through here, so that both frameworks take the same decisions as the offline evaluation:
 
 - `resolve_thresholds`: a threshold set (K-1 or K numbers) or a `ThresholdCurve` plus a budget ->
-  thresholds (K,) float64 with the last one -inf, and the criterion they belong to.
+  thresholds (K,) float64 with the last one -inf, and the criterion they belong to. Per-sample
+  thresholds ((B, K-1) or (B, K) numbers, or a curve with one budget per sample) give (B, K): requests
+  with different budgets share one batch, each row decided by its own thresholds.
 - `leave_mask`: which of the samples that reached exit k leave there. The score is the criterion's
   function from `common.thresholds.scores` (float64 max-softmax or entropy score, row by row) and the
   comparison is `common.thresholds.rule.exit_mask`, the one exit rule: given the same logits, online
-  decisions equal `offline_exits` bit for bit.
+  decisions equal `offline_exits` bit for bit. Thresholds (K,) are shared; (n, K) hold one row per sample.
 - `offline_exits`: the exit of every sample from the logits of every exit (the "full cascade + offline
-  rule" that adaptive inference must reproduce).
+  rule" that adaptive inference must reproduce); with (N, K) thresholds the rule is applied row by row.
 - `thresholds_for_fractions`: thresholds under which given fractions of a batch leave at each exit,
   taken from the samples' own scores (midpoints between neighbouring scores, so that rounding noise of
   the order of 1e-7 cannot move a sample across a threshold); used by the benchmark and the tests.
 - `stage_needs` and `ExitTracker`: the host-side bookkeeping of one adaptive batch (what exit k must hand
-  on, which input rows are still in the cascade, where each left, how to put the logits back in input
-  order), shared so that the two frameworks' loops differ only in their tensor calls.
+  on, which input rows are still in the cascade and their thresholds, where each left, how to put the
+  logits back in input order), shared so that the two frameworks' loops differ only in their tensor calls.
 - `relation_resample_matrix`: the constant of the fast relation-reuse kernels of both frameworks.
 """
 from __future__ import annotations
@@ -43,12 +45,14 @@ def _check_adaptive_criterion(criterion: str) -> str:
 
 
 def resolve_thresholds(thresholds, num_exits: int, criterion: str | None = None,
-                       budget: float | None = None) -> tuple[np.ndarray, str]:
-    """-> (thresholds (K,) float64 with the last -inf, criterion).
+                       budget=None, batch_size: int | None = None) -> tuple[np.ndarray, str]:
+    """-> (thresholds float64 (K,) shared by the batch, or (B, K) one row per sample; last column -inf, criterion).
 
     `thresholds`: K-1 or K numbers (the last exit's is ignored; +inf closes an exit, -inf lets every sample
-    leave), or a `ThresholdCurve` together with `budget` (GFLOPs per image; the curve's best point that fits).
+    leave), or (B, K-1) / (B, K) numbers, one row per sample; or a `ThresholdCurve` together with `budget`
+    (GFLOPs per image; the curve's best point that fits): one number, or (B,) numbers, one per sample.
     `criterion` defaults to "confidence", or to the curve's criterion; a mismatch with the curve is an error.
+    `batch_size`, when given, is checked against per-sample rows.
     """
     if isinstance(thresholds, ThresholdCurve):
         curve = thresholds
@@ -58,11 +62,36 @@ def resolve_thresholds(thresholds, num_exits: int, criterion: str | None = None,
             raise ValueError(f"the threshold curve is for {curve.num_exits} exits, the model has {num_exits}")
         if criterion is not None and criterion != curve.criterion:
             raise ValueError(f"criterion {criterion!r} does not match the curve's {curve.criterion!r}")
-        return curve.thresholds_for_budget(budget), _check_adaptive_criterion(curve.criterion)
+        criterion = _check_adaptive_criterion(curve.criterion)
+        if np.ndim(budget) == 0:
+            return curve.thresholds_for_budget(budget), criterion
+        budgets = np.asarray(budget, dtype=np.float64)
+        if budgets.ndim != 1:
+            raise ValueError(f"per-sample budgets must have shape (B,), got {budgets.shape}")
+        unique, inverse = np.unique(budgets, return_inverse=True)  # one curve look-up per distinct budget
+        rows = np.stack([curve.thresholds_for_budget(b) for b in unique]) if unique.size else \
+            np.empty((0, num_exits))
+        return _check_rows(rows[inverse.reshape(-1)], batch_size), criterion
     if budget is not None:
         raise ValueError("budget is only meaningful with a ThresholdCurve; got plain thresholds")
     criterion = _check_adaptive_criterion("confidence" if criterion is None else criterion)
-    return exit_thresholds([] if thresholds is None else thresholds, num_exits), criterion
+    t = np.asarray([] if thresholds is None else thresholds, dtype=np.float64)
+    if t.ndim <= 1:
+        return exit_thresholds(t, num_exits), criterion
+    if t.ndim != 2 or t.shape[1] not in (num_exits - 1, num_exits):
+        raise ValueError(f"per-sample thresholds of a {num_exits}-exit cascade must have shape "
+                         f"(B, {num_exits - 1}) or (B, {num_exits}), got {t.shape}")
+    if np.isnan(t).any():
+        raise ValueError(f"per-sample thresholds contain NaN (rows {np.flatnonzero(np.isnan(t).any(1)).tolist()})")
+    rows = np.full((t.shape[0], num_exits), -np.inf)
+    rows[:, :num_exits - 1] = t[:, :num_exits - 1]  # the last exit takes everyone: its value is ignored
+    return _check_rows(rows, batch_size), criterion
+
+
+def _check_rows(rows: np.ndarray, batch_size: int | None) -> np.ndarray:
+    if batch_size is not None and rows.shape[0] != batch_size:
+        raise ValueError(f"per-sample thresholds for {rows.shape[0]} samples, the batch has {batch_size}")
+    return rows
 
 
 def scores(logits: np.ndarray, criterion: str = "confidence") -> np.ndarray:
@@ -71,16 +100,36 @@ def scores(logits: np.ndarray, criterion: str = "confidence") -> np.ndarray:
 
 
 def leave_mask(logits: np.ndarray, thresholds: np.ndarray, k: int, criterion: str = "confidence") -> np.ndarray:
-    """(N,) bool: which of the N samples at exit k leave there (all of them at the last exit)."""
-    if k == len(thresholds) - 1:
+    """(N,) bool: which of the N samples at exit k leave there (all of them at the last exit).
+
+    `thresholds`: (K,) for every sample, or (N, K), row i for sample i (`ExitTracker.active_thresholds`)."""
+    t = np.asarray(thresholds, dtype=np.float64)
+    if k == t.shape[-1] - 1:
         return np.ones(len(logits), dtype=bool)
-    return exit_mask(scores(logits, criterion), thresholds, k)
+    if t.ndim == 2:
+        if t.shape[0] != len(logits):
+            raise ValueError(f"exit {k}: thresholds for {t.shape[0]} samples, {len(logits)} reached the exit")
+        t = t.T  # (K, N): exit_mask compares row k, i.e. every sample with its own threshold of exit k
+    return exit_mask(scores(logits, criterion), t, k)
 
 
 def offline_exits(logits: np.ndarray, thresholds, criterion: str = "confidence") -> np.ndarray:
-    """Exit index (N,) of each sample from the logits (K, N, C) of the full cascade (the offline rule)."""
+    """Exit index (N,) of each sample from the logits (K, N, C) of the full cascade (the offline rule).
+
+    `thresholds` (K-1,) / (K,) for all samples, or (N, K-1) / (N, K): the rule applied row by row."""
     logits = np.asarray(logits)
-    return exit_indices(np.stack([scores(lg, criterion) for lg in logits]), thresholds)
+    s = np.stack([scores(lg, criterion) for lg in logits])
+    t = np.asarray(thresholds, dtype=np.float64)
+    if t.ndim < 2:
+        return exit_indices(s, t)
+    t, _ = resolve_thresholds(t, len(logits), criterion, batch_size=s.shape[1])
+    exits = np.empty(s.shape[1], dtype=np.int64)
+    unique, inverse = np.unique(t, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    for j, row in enumerate(unique):  # the offline rule, once per distinct threshold row
+        rows = np.flatnonzero(inverse == j)
+        exits[rows] = exit_indices(s[:, rows], row)
+    return exits
 
 
 def exit_counts(exit_index, num_exits: int) -> np.ndarray:
@@ -159,17 +208,32 @@ class StageStep:
 
 
 class ExitTracker:
-    """Which input rows are still in the cascade, and where each one left (one adaptive batch)."""
+    """Which input rows are still in the cascade, their thresholds, and where each one left (one adaptive batch).
 
-    def __init__(self, batch_size: int, num_exits: int):
+    `thresholds` (from `resolve_thresholds`): (K,) shared, or (B, K) one row per input sample; the loops
+    pass `active_thresholds()` to `leave_mask`, so that per-sample thresholds follow their rows."""
+
+    def __init__(self, batch_size: int, num_exits: int, thresholds: np.ndarray | None = None):
         self.rows = np.arange(batch_size)  # input rows still in the cascade, in the order the stages see them
         self.exit_index = np.full(batch_size, num_exits - 1, dtype=np.int64)
         self.counts = [0] * num_exits
         self._order: list[np.ndarray] = []  # input rows of the leaving samples, stage by stage
+        if thresholds is not None:
+            thresholds = np.asarray(thresholds, dtype=np.float64)
+            if thresholds.shape not in ((num_exits,), (batch_size, num_exits)):
+                raise ValueError(f"thresholds of shape {thresholds.shape} for a batch of {batch_size} samples "
+                                 f"and {num_exits} exits: expected ({num_exits},) or ({batch_size}, {num_exits})")
+        self.thresholds = thresholds
 
     @property
     def done(self) -> bool:
         return self.rows.size == 0
+
+    def active_thresholds(self) -> np.ndarray:
+        """The thresholds of the rows still in the cascade: (K,) if shared, else (n, K) in the stages' order."""
+        if self.thresholds is None:
+            raise ValueError("this ExitTracker was made without thresholds")
+        return self.thresholds if self.thresholds.ndim == 1 else self.thresholds[self.rows]
 
     def record(self, k: int, leave: np.ndarray | None) -> StageStep:
         """Record exit k's decision for the rows still in (`leave` (n,) bool, None: all leave)."""

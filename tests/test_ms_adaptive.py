@@ -123,10 +123,45 @@ def test_forward_adaptive_method_and_need_logits(pynative):
     assert np.array_equal(out.asnumpy(), out2.asnumpy())  # explicit path either way on CPU
 
 
+def row_by_row(full: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The offline rule applied to each sample alone, with its own thresholds."""
+    return np.array([offline_exits(full[:, i:i + 1], rows[i])[0] for i in range(full.shape[1])])
+
+
+def test_per_sample_thresholds_share_one_batch(pynative):
+    """Requests with different thresholds in one batch, PYNATIVE and GRAPH: each sample decided by its own row."""
+    model = create_model("dvt_tiny_deit_4exit")
+    x = images(model.config, 10)
+    full = full_cascade(model, x)
+    sets = threshold_sets(full, [[0.25, 0, 0.5, 0.25], [0.5, 0.5, 0, 0], [0, 0, 0, 1]])
+    rows = np.stack([sets[i % 3] for i in range(10)])
+    res = check(model, x, full, rows)
+    np.testing.assert_array_equal(res.exit_index.asnumpy(), row_by_row(full, rows))
+    assert len(set(res.exit_index.asnumpy().tolist())) > 1  # the batch really splits
+    check(model, x, full, rows[:, :-1])  # K-1 columns imply the last exit's -inf
+    with pytest.raises(ValueError, match="for 9 samples, the batch has 10"):
+        adaptive_forward(model, x, rows[:9])
+    two = create_model("dvt_tiny_deit_2exit")
+    x2 = images(two.config, 6, seed=3)
+    full2 = full_cascade(two, x2)
+    rows2 = np.stack([threshold_sets(full2, [[0.5, 0.5], [1, 0], [0, 1]])[i % 3] for i in range(6)])
+    ms.set_context(mode=ms.GRAPH_MODE)
+    res2 = check(two, x2, full2, rows2)
+    np.testing.assert_array_equal(res2.exit_index.asnumpy(), row_by_row(full2, rows2))
+
+
 @pytest.mark.slow
 def test_full_size_pynative_adaptive_equals_full_cascade(pynative):
-    """DVT T2T-ViT-12 (7 -> 10 -> 14 tokens, both reuses) once at batch 3."""
+    """DVT T2T-ViT-12 (7 -> 10 -> 14 tokens, both reuses) at batch 3, shared and per-sample thresholds."""
     model = create_model("dvt_t2t_vit_12")
     x = images(model.config, 3)
     full = full_cascade(model, x)
     check(model, x, full, threshold_sets(full, [[1 / 3, 1 / 3, 1 / 3]])[0])
+    s = np.stack([scores(lg) for lg in full])
+    leave_at, rows = [2, 0, 1], np.full((3, 3), -np.inf)  # per-sample thresholds: every exit in one batch
+    for i, e in enumerate(leave_at):  # each threshold 1% of the sample's score away from it
+        rows[i, :e] = s[:e, i] * 1.01
+        if e < 2:
+            rows[i, e] = s[e, i] * 0.99
+    res = check(model, x, full, rows)
+    assert res.exit_index.asnumpy().tolist() == leave_at == row_by_row(full, rows).tolist()

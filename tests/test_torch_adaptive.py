@@ -200,6 +200,58 @@ def test_threshold_curve_with_budget_and_errors():
         adaptive_forward(model, x, [0.5, 0.5])
 
 
+def row_by_row(full: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The offline rule applied to each sample alone, with its own thresholds."""
+    return np.array([offline_exits(full[:, i:i + 1], rows[i])[0] for i in range(full.shape[1])])
+
+
+def apart(full: np.ndarray, leave_at: list) -> np.ndarray:
+    """Thresholds (B, K) sending sample i out at exit leave_at[i], each 1% of its score away from it."""
+    s = np.stack([scores(lg) for lg in full])
+    rows = np.full((full.shape[1], len(full)), -np.inf)
+    for i, e in enumerate(leave_at):
+        rows[i, :e] = s[:e, i] * 1.01  # just above its score: stays
+        if e < len(full) - 1:
+            rows[i, e] = s[e, i] * 0.99  # just below: leaves
+    return rows
+
+
+@pytest.mark.parametrize("name", ["dvt_tiny_t2t", "dvt_tiny_deit_4exit", "dvt_tiny_deit_2exit"])
+def test_per_sample_thresholds_share_one_batch(name):
+    """Requests with different thresholds in one batch: each sample decided by its own row."""
+    model = seeded(name)
+    x, full, sets = batch_and_thresholds(model, 12)
+    rows = np.stack([sets[i % len(sets)][1] for i in range(12)])
+    spy = StageSpy(model)
+    res = check(model, x, full, rows)
+    spy.remove()
+    np.testing.assert_array_equal(res.exit_index.numpy(), row_by_row(full, rows))
+    assert len(set(res.exit_index.tolist())) > 1  # the batch really splits
+    reached = 12 - np.concatenate([[0], np.cumsum(res.exit_counts)[:-1]])
+    assert spy.calls == [(k, int(n)) for k, n in enumerate(reached) if n > 0]  # still one call per exit
+    check(model, x, full, rows[:, :-1])  # K-1 columns imply the last exit's -inf
+    for i in (0, 5):  # a sample alone with its row leaves where it left in the shared batch
+        alone = adaptive_forward(model, x[i:i + 1], rows[i])
+        assert alone.exit_index.item() == res.exit_index[i].item()
+    with pytest.raises(ValueError, match="for 11 samples, the batch has 12"):
+        adaptive_forward(model, x, rows[:11])
+
+
+def test_per_sample_budgets_from_a_curve():
+    model = seeded("dvt_tiny_t2t")
+    x = images(model.config, 6)
+    full = full_cascade(model, x)
+    gflops = np.array(common.cumulative_gflops(model.config))
+    curve = ThresholdCurve(solver="manual", criterion="confidence", gflops=gflops, budgets=gflops,
+                           thresholds=[[-np.inf] * 3, [np.inf, -np.inf, -np.inf], [np.inf, np.inf, -np.inf]],
+                           accuracy=[0.1, 0.2, 0.3], expected_gflops=gflops,
+                           exit_fractions=np.eye(3))
+    budget = gflops[[0, 2, 1, 1, 0, 2]]
+    res = model.forward_adaptive(x, curve, budget=budget)
+    np.testing.assert_array_equal(res.exit_index.numpy(), [0, 2, 1, 1, 0, 2])  # each sample its own budget
+    assert np.abs(res.logits.numpy() - full[[0, 2, 1, 1, 0, 2], np.arange(6)]).max() <= ATOL
+
+
 @pytest.mark.parametrize("reused", [False, True])
 def test_fused_attention_matches_explicit(reused):
     torch.manual_seed(0)
@@ -237,3 +289,7 @@ def test_full_size_adaptive_equals_full_cascade(name, batch):
     x, full, sets = batch_and_thresholds(model, batch, fraction_sets=[[1, 0, 0], [0, 0, 1], [0.5, 0.25, 0.25]])
     for _, thresholds in sets:
         check(model, x, full, thresholds)
+    leave_at = [i % 3 for i in range(batch)]  # per-sample thresholds: every exit in one batch
+    rows = apart(full, leave_at)
+    res = check(model, x, full, rows)
+    assert res.exit_index.tolist() == leave_at == row_by_row(full, rows).tolist()

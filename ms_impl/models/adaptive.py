@@ -93,20 +93,21 @@ def _gather(t: Tensor, rows: Tensor | None) -> Tensor:
 
 
 def adaptive_forward(model, x: Tensor, thresholds, criterion: str | None = None, *,
-                     budget: float | None = None, fast: bool = True) -> AdaptiveResult:
+                     budget=None, fast: bool = True) -> AdaptiveResult:
     """Early-exit inference of a `DVT` in eval mode on a batch `x` (B, C, H, W), PYNATIVE or GRAPH mode.
 
-    `thresholds`: K-1 or K numbers (the last exit's is ignored), or a `ThresholdCurve` with `budget`
-    (see `common.adaptive.resolve_thresholds`); `criterion`: "confidence" (default) or "entropy".
+    `thresholds`: K-1 or K numbers (the last exit's is ignored), (B, K-1) / (B, K) numbers (one row per
+    sample), or a `ThresholdCurve` with `budget` (one number, or (B,) per sample; see
+    `common.adaptive.resolve_thresholds`); `criterion`: "confidence" (default) or "entropy".
     """
     if model.training:
         raise ValueError("adaptive inference needs the model in eval mode (dropout would change the exits); "
                          "call model.set_train(False)")
     k_exits = len(model.exits)
-    t, criterion = resolve_thresholds(thresholds, k_exits, criterion, budget)
+    t, criterion = resolve_thresholds(thresholds, k_exits, criterion, budget, batch_size=x.shape[0])
     cfg = model.config
     check_image(x, cfg.in_chans, cfg.img_size)
-    track = ExitTracker(x.shape[0], k_exits)
+    track = ExitTracker(x.shape[0], k_exits, t)
     pieces = []  # logits of the leaving samples, stage by stage
     active = None  # input rows still in the cascade as a Tensor; None while they are all there, in order
     features = relations = None
@@ -118,7 +119,9 @@ def adaptive_forward(model, x: Tensor, thresholds, criterion: str | None = None,
         stage = exit_stage(model, k, explicit, fast, args)
         logits, feats, rels = stage(*(ms.mutable(a) if isinstance(a, tuple) else a for a in args))
         last = k == k_exits - 1  # the last exit takes everyone: no score, no device sync
-        step = track.record(k, None if last else leave_mask(logits.asnumpy().astype(np.float32), t, k, criterion))
+        leave = None if last else leave_mask(logits.asnumpy().astype(np.float32), track.active_thresholds(), k,
+                                             criterion)
+        step = track.record(k, leave)
         if step.num_left:
             pieces.append(logits if step.leave is None else _gather(logits, _index(step.leave)))
         if step.done:
