@@ -263,15 +263,15 @@ class ExitTracker:
         return inverse
 
 
-def relation_resample_matrix(src: int, dst: int) -> np.ndarray:
+def relation_resample_matrix(src: int, dst: int, mode: str = "nearest_avgpool") -> np.ndarray:
     """(1 + t*t, 1 + s*s) float32 M such that `M @ R @ M.T` resamples an attention map R from an s x s to a
     t x t token grid: the cls row and column are carried (M[0, 0] = 1) and the patch part is `A kron A`
-    (row-major tokens), A = `common.resample.resample_matrix(s, t)`.
+    (row-major tokens), A = `common.resample.resample_matrix(s, t, mode=mode)`.
 
     The same maps as the separable `A X A^T` per axis (to fp32 rounding), in two large matrix products per
     map instead of many tiny ones plus slicing and concatenation: the fast path of adaptive inference.
     """
-    a = resample_matrix(src, dst, np.float64)
+    a = resample_matrix(src, dst, np.float64, mode)
     m = np.zeros((1 + dst * dst, 1 + src * src))
     m[0, 0] = 1.0
     m[1:, 1:] = np.kron(a, a)

@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .config import DVTConfig
-from .naming import Naming, detect_naming, name_map
-from .param_spec import spec_dict
+from .naming import FILE_NAMINGS, Naming, detect_naming, expected_shapes, name_map, resolve_aliases
 
 # Containers that wrap a state dict, in order of preference (EMA only when asked for).
 STATE_DICT_KEYS = ("model_state_dict", "state_dict", "model", "module")
@@ -122,9 +121,9 @@ def strip_wrapper_prefixes(tensors: dict) -> dict:
 
 
 def check_against_config(shapes: dict[str, tuple], cfg: DVTConfig, naming: Naming) -> MismatchReport:
-    """Compare name -> shape against every parameter `cfg` implies under `naming`."""
-    specs = spec_dict(cfg)
-    expected = {target: tuple(specs[canon].shape) for canon, target in name_map(cfg, naming).items()}
+    """Compare name -> shape against every tensor `cfg` implies under `naming` (aliases read as their names)."""
+    expected = expected_shapes(cfg, naming)
+    shapes = resolve_aliases(shapes, cfg, naming)
     report = MismatchReport()
     report.missing = [k for k in expected if k not in shapes]
     report.unexpected = sorted(k for k in shapes if k not in expected)
@@ -142,7 +141,7 @@ def resolve_naming(names, cfg: DVTConfig, naming: Naming | None = None) -> Namin
         sample = sorted(names)[:5]
         raise CheckpointMismatchError(
             MismatchReport(missing=list(name_map(cfg, "canonical"))[:5], unexpected=sample),
-            f"model {cfg.name!r} (no key matches its canonical, MindSpore or reference names)")
+            f"model {cfg.name!r} (no key matches its canonical, MindSpore, reference or MindSpore-port names)")
     return detected
 
 
@@ -150,7 +149,7 @@ def infer_configs(shapes: dict[str, tuple], candidates: list[DVTConfig]) -> list
     """Configs (with the naming) that `shapes` fits exactly; used when `--model` is not given."""
     fits = []
     for cfg in candidates:
-        for naming in ("canonical", "mindspore", "reference"):
+        for naming in FILE_NAMINGS:
             try:
                 if check_against_config(shapes, cfg, naming).ok:
                     fits.append((cfg, naming))

@@ -132,6 +132,16 @@ class DVTConfig:
     context_hidden: int = 128  # feature-reuse MLP: LN(D) -> Linear(D, 128) -> GELU -> Linear(128, 48)
     context_dim: int = 48
     relation_mlp_ratio: int = 3  # relation-reuse 1x1 convs: HL -> 3HL -> GELU -> HL
+    # Where the MindSpore port's math differs from the PyTorch reference (DESIGN.md §3); the defaults are
+    # the reference. `reuse_resample`: how reused features and relations go from s x s to t x t tokens,
+    # "nearest_avgpool" (nearest x2 then adaptive average pooling) or "nearest" (plain nearest resize,
+    # index floor(j * s / t): the port's exact x2 for t = 2s). Both are the same 0/1 matrix at t = 2s; they
+    # differ elsewhere and in FLOPs (fvcore charges the pooling too).
+    reuse_resample: Literal["nearest_avgpool", "nearest"] = "nearest_avgpool"
+    # "discarded": the port computes the context MLP's LayerNorm and throws the result away (a bug kept for
+    # its checkpoints): the parameters exist, are loaded and saved, and are frozen (no gradient reaches them).
+    feature_reuse_norm: Literal["applied", "discarded"] = "applied"
+    detach_reused_features: bool = False  # port: stop-gradient on the reused features (not on relations)
     drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.1
@@ -245,6 +255,13 @@ def validate(cfg: DVTConfig) -> None:
         raise ConfigError(f"{where}: norm_eps must be > 0, got {cfg.norm_eps}")
     if cfg.gelu not in ("erf", "tanh"):
         raise ConfigError(f"{where}: gelu must be 'erf' (exact) or 'tanh', got {cfg.gelu!r}")
+    if cfg.reuse_resample not in ("nearest_avgpool", "nearest"):
+        raise ConfigError(f"{where}: reuse_resample must be 'nearest_avgpool' or 'nearest', got {cfg.reuse_resample!r}")
+    if cfg.feature_reuse_norm not in ("applied", "discarded"):
+        raise ConfigError(
+            f"{where}: feature_reuse_norm must be 'applied' or 'discarded', got {cfg.feature_reuse_norm!r}")
+    if not isinstance(cfg.detach_reused_features, bool):
+        raise ConfigError(f"{where}: detach_reused_features must be True or False, got {cfg.detach_reused_features!r}")
     if cfg.pos_embed not in ("sinusoid", "learned"):
         raise ConfigError(f"{where}: pos_embed must be 'sinusoid' or 'learned', got {cfg.pos_embed!r}")
     for fname in ("drop_rate", "attn_drop_rate", "drop_path_rate"):

@@ -26,8 +26,7 @@ import numpy as np
 from .checkpoints import (EMA_KEYS, CheckpointMismatchError, MismatchReport, check_against_config,
                           extract_state_dict)
 from .config import ConfigError, DVTConfig
-from .naming import NAMINGS, Naming, NamingError, detect_naming, name_map
-from .param_spec import parameter_specs
+from .naming import FILE_NAMINGS, NAMINGS, Naming, NamingError, detect_naming, expected_shapes, name_map, rename
 from .registry import get_config, list_models
 
 # ---- formats ---------------------------------------------------------------------------------------
@@ -39,8 +38,8 @@ FORMAT_SUFFIXES = {
 # Naming written by default into each format; `.ckpt` is always MindSpore-named (MindSpore's tools
 # expect the cell's own parameter names).
 DEFAULT_NAMING = {"torch": "canonical", "mindspore": "mindspore", "safetensors": "canonical"}
-ALLOWED_NAMINGS = {"torch": ("canonical", "reference"), "mindspore": ("mindspore",),
-                   "safetensors": ("canonical", "mindspore", "reference")}
+ALLOWED_NAMINGS = {"torch": ("canonical", "reference"), "mindspore": ("mindspore", "msref"),
+                   "safetensors": ("canonical", "mindspore", "reference", "msref")}
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 # Top-level entries of a torch training container that are not weights (dropped, counted).
@@ -254,7 +253,7 @@ def _classify_extras(extras: dict, dropped: dict) -> list[str]:
 
 def _fits(shapes: dict, cfg: DVTConfig) -> str | None:
     """The naming under which `shapes` holds exactly cfg's parameters, or None."""
-    for naming in ("canonical", "mindspore", "reference"):
+    for naming in FILE_NAMINGS:
         try:
             if check_against_config(shapes, cfg, naming).ok:
                 return naming
@@ -303,7 +302,8 @@ def choose_config(shapes: dict, model: str | None = None, embedded: DVTConfig | 
             if naming is None:
                 raise CheckpointMismatchError(
                     MismatchReport(missing=list(name_map(cfg, "canonical"))[:5], unexpected=sorted(shapes)[:5]),
-                    f"model {cfg.name!r} (no tensor name matches its canonical, MindSpore or reference names)")
+                    f"model {cfg.name!r} (no tensor name matches its canonical, MindSpore, reference or "
+                    "MindSpore-port names)")
             raise CheckpointMismatchError(check_against_config(shapes, cfg, naming),
                                           f"model {cfg.name!r} ({naming} names)")
         return cfg, naming, f"model: {model} ({naming} naming, as given)"
@@ -371,18 +371,19 @@ def convert(obj, *, model: str | None = None, naming: Naming = "canonical", dtyp
     if not report.ok:
         raise CheckpointMismatchError(report, f"model {cfg.name!r} ({src_naming} names)")
     try:
-        to_dst = name_map(cfg, naming)
+        order = list(expected_shapes(cfg, naming))  # spec order: the order both frameworks hold the parameters in
     except NamingError as err:
         raise ConversionError(str(err.args[0] if err.args else err)) from err
-    from_src = name_map(cfg, src_naming)
-    out, src_dtypes = {}, {}
-    np_dtype = np.float16 if dtype == "fp16" else np.float32
-    for spec in parameter_specs(cfg):  # spec order: the order both frameworks hold the parameters in
-        raw = extracted.tensors[from_src[spec.name]]
+    src_dtypes, arrays = {}, {}
+    for name, raw in extracted.tensors.items():
         src_dtype = dtype_name(raw.dtype)
         src_dtypes[src_dtype] = src_dtypes.get(src_dtype, 0) + 1
-        value = to_numpy(raw)
-        value = np.ascontiguousarray(value.astype(np_dtype, copy=False) if value.dtype.kind == "f" else value)
-        out[to_dst[spec.name]] = value
+        arrays[name] = to_numpy(raw)
+    renamed = rename(arrays, cfg, src_naming, naming)  # validated above: every target tensor is there
+    np_dtype = np.float16 if dtype == "fp16" else np.float32
+    out = {}
+    for name in order:
+        value = renamed[name]
+        out[name] = np.ascontiguousarray(value.astype(np_dtype, copy=False) if value.dtype.kind == "f" else value)
     return Conversion(cfg, src_naming, naming, out, dtype, extracted.container, src_dtypes, choice, dropped,
                       set_aside)

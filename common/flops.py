@@ -87,15 +87,17 @@ def exit_flops(cfg: DVTConfig, k: int) -> ExitFlops:
     if k > 0:
         prev = cfg.exits[k - 1]
         s, g = prev.grid, ex.grid
+        mode = cfg.reuse_resample
         if cfg.uses_feature_reuse(k):
             tp = prev.num_tokens
-            mlp = LN * tp * cfg.dim + tp * cfg.dim * cfg.context_hidden + tp * cfg.context_hidden * cfg.context_dim
-            out.feature_reuse = cfg.depth * (mlp + cfg.context_dim * resample_flops(s, g))
+            norm = LN * tp * cfg.dim if cfg.feature_reuse_norm == "applied" else 0  # a discarded norm is not run
+            mlp = norm + tp * cfg.dim * cfg.context_hidden + tp * cfg.context_hidden * cfg.context_dim
+            out.feature_reuse = cfg.depth * (mlp + cfg.context_dim * resample_flops(s, g, mode))
         if cfg.uses_relation_reuse(k):
             c, tp = cfg.relation_channels, prev.num_tokens
             conv = 2 * tp * tp * c * c * cfg.relation_mlp_ratio
             # key axis: every (map, query) row of the previous exit; query axis: every new key.
-            resample = c * (tp + t) * resample_flops(s, g)
+            resample = c * (tp + t) * resample_flops(s, g, mode)
             out.relation_reuse = conv + resample
     return out
 

@@ -86,7 +86,10 @@ def exit_parameter_specs(cfg: DVTConfig, k: int, prefix: str = "") -> list[Param
         specs += _layernorm(f"{b}.norm2", mlp_in)
         specs += _mlp(f"{b}.mlp", mlp_in, cfg.mlp_hidden, d)
         if cfg.uses_feature_reuse(k):
-            specs += _layernorm(f"{b}.feature_reuse_mlp.0", d)
+            norm = _layernorm(f"{b}.feature_reuse_mlp.0", d)
+            if cfg.feature_reuse_norm == "discarded":  # held for the checkpoints, never used: frozen
+                norm = [ParamSpec(s.name, s.shape, trainable=False, layernorm=True) for s in norm]
+            specs += norm
             specs += _mlp(f"{b}.feature_reuse_mlp.1", d, cfg.context_hidden, cfg.context_dim)
     specs += _layernorm(f"{p}norm", d)
     if cfg.uses_relation_reuse(k):

@@ -135,6 +135,32 @@ for _g in (7, 10):
         lambda g=_g: _deit_small(f"deit_small_grid{g}", grids=(g,), description=f"single, {g}x{g} tokens"))
 
 
+# ---- the official MindSpore port (DESIGN.md §3): 2-exit DeiT-small, 7x7 -> 14x14, its four reuse variants -----
+# Its math where it differs from the PyTorch reference: tanh GELU, LayerNorm eps 1e-7 (MindSpore defaults), plain
+# nearest x2 resampling, the context MLP's LayerNorm computed and discarded, stop-gradient on the reused
+# features; 1001 classes (index 1000 unused), dropout 0.1, no drop path; eval: resize 256, centre crop 224,
+# bilinear. Its parameter layout (separate to_q/to_k/to_v, patch embedding as reshape + Dense) is the same math
+# as ours and is converted by `common.naming` ("msref" naming), not rebuilt.
+_MSREF_EXITS = (ExitConfig(7, _DEIT_PATCH_224[7]), ExitConfig(14, _DEIT_PATCH_224[14]))
+_MSREF_VARIANTS = {"": (True, True), "_feature_reuse": (True, False), "_relation_reuse": (False, True),
+                   "_no_reuse": (False, False)}
+
+
+def _deit_small_msref(name, feature_reuse=True, relation_reuse=True, description=""):
+    return DVTConfig(
+        name=name, family="deit", dim=384, depth=12, num_heads=6, mlp_ratio=4.0, exits=_MSREF_EXITS,
+        qkv_bias=True, norm_eps=1e-7, gelu="tanh", pos_embed="learned", num_classes=1001,
+        feature_reuse=feature_reuse, relation_reuse=relation_reuse, reuse_resample="nearest",
+        feature_reuse_norm="discarded", detach_reused_features=True, drop_rate=0.1, drop_path_rate=0.0,
+        crop_pct=0.875, interpolation="bilinear", description=description)
+
+
+for _suffix, (_f, _r) in _MSREF_VARIANTS.items():
+    register(f"dvt_deit_small_msref{_suffix}")(
+        lambda n=f"dvt_deit_small_msref{_suffix}", f=_f, r=_r: _deit_small_msref(
+            n, feature_reuse=f, relation_reuse=r, description="the official MindSpore port's DVT (DESIGN.md §3)"))
+
+
 # ---- tiny configs (tests, parity, the digits demo): 32x32 images, 10 classes ---------------------
 _TINY_IMG = 32
 _TINY_T2T_FIRST = {2: SoftSplit(14, 4, 3), 3: SoftSplit(11, 3, 4), 4: SoftSplit(7, 2, 2)}
@@ -176,6 +202,10 @@ register("dvt_tiny_deit_2exit")(lambda: _tiny_deit("dvt_tiny_deit_2exit", grids=
                                                    description="tiny two-exit DeiT DVT"))
 register("dvt_tiny_deit_4exit")(lambda: _tiny_deit("dvt_tiny_deit_4exit", grids=(2, 3, 4, 6),
                                                    description="tiny four-exit DeiT DVT (general cascade)"))
+# The MindSpore port's cascade at reduced width and depth (its own code builds it so: parity/golden/msref); the
+# port's blocks hard-code 224x224 images, so this tiny config keeps them, and its 1001 classes.
+register("dvt_tiny_msref")(lambda: _deit_small_msref("dvt_tiny_msref", description="tiny MindSpore-port DVT").replace(
+    dim=16, depth=2, num_heads=2, mlp_ratio=2.0))
 register("t2t_vit_tiny")(lambda: _tiny_t2t("t2t_vit_tiny", grids=(4,), feature_reuse=False, relation_reuse=False,
                                            description="tiny single T2T-ViT"))
 # The default model of the digits demo: a little deeper so that every exit learns in ~2 minutes.

@@ -88,8 +88,11 @@ def load_checkpoint(model, path, *, use_ema: bool = False, naming: Naming | None
     if strict and not report.ok:
         raise CheckpointMismatchError(report, context)
     bad = set(report.unexpected) | {name for name, _, _ in report.mis_shaped}
-    tensors = rename({k: v for k, v in tensors.items() if k not in bad}, cfg, naming, "mindspore")
+    tensors = rename({k: v for k, v in tensors.items() if k not in bad}, cfg, naming, "mindspore",
+                     to_numpy=parameter_to_numpy)
     params = dict(model.parameters_and_names())
+    if not strict:  # pieces of a re-laid-out parameter that was not complete stay behind (reported)
+        tensors = {k: v for k, v in tensors.items() if k in params}
     to_load = {}
     for name, value in tensors.items():
         target = params[name]

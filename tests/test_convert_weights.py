@@ -281,7 +281,7 @@ def test_failed_write_leaves_no_file(cli, capsys, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("args, message", [
     (["x.safetensors", "y.onnx"], "unknown checkpoint format"),
-    (["x.safetensors", "y.ckpt", "--naming", "canonical"], "mindspore names"),
+    (["x.safetensors", "y.ckpt", "--naming", "canonical"], "mindspore or msref names"),
     (["x.safetensors", "y.pth", "--naming", "mindspore"], "canonical or reference"),
     (["absent.safetensors", "y.pth"], "no such file"),
     (["x.safetensors", "y.pth", "--model", "dvt_tiny_tt"], "did you mean"),

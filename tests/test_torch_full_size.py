@@ -16,8 +16,8 @@ from torch_impl.flops import fvcore_exit_flops, fvcore_flops
 pytestmark = pytest.mark.slow
 
 REFERENCE = ("dvt_t2t_vit_12", "dvt_t2t_vit_14", "dvt_deit_small")
-# Other full-size configs traced with fvcore: an ablation, two exits, transformer token layers.
-OTHERS = ("dvt_t2t_vit_14_no_reuse", "dvt_deit_small_2exit", "t2t_vit_t_14")
+# Other full-size configs traced with fvcore: an ablation, two exits, transformer token layers, the MindSpore port.
+OTHERS = ("dvt_t2t_vit_14_no_reuse", "dvt_deit_small_2exit", "t2t_vit_t_14", "dvt_deit_small_msref")
 
 
 @functools.lru_cache(maxsize=None)

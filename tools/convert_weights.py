@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", type=Path, help="source checkpoint (.pth/.pth.tar/.pt, .ckpt, .safetensors)")
     p.add_argument("dst", type=Path, help="output file; its suffix chooses the format")
     p.add_argument("--model", help="registered config name (default: inferred from the tensors)")
-    p.add_argument("--naming", choices=("canonical", "mindspore", "reference"),
+    p.add_argument("--naming", choices=("canonical", "mindspore", "reference", "msref"),
                    help="names to write (default: mindspore for .ckpt, canonical otherwise)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="floating dtype to write (default fp32)")
     p.add_argument("--ema", action="store_true", help="convert the EMA weights of a training checkpoint")

@@ -1,6 +1,7 @@
 """Reading, validating and writing PyTorch-side checkpoints.
 
-Formats: `.pth` / `.pt` / `.pth.tar` / `.bin` (torch.load, weights_only) and `.safetensors`.
+Formats: `.pth` / `.pt` / `.pth.tar` / `.bin` (torch.load, weights_only), `.safetensors`, and for loading
+MindSpore `.ckpt` files (ours or the official MindSpore port's; read with MindSpore, imported only then).
 Containers (`model_state_dict` of the released DVT files, `state_dict` / `state_dict_ema` of the
 training script, timm/DeiT `model`, bare dicts, `module.` prefixes) are unwrapped by
 `common.checkpoints`, names in the canonical, reference or MindSpore layout are mapped through the
@@ -29,6 +30,7 @@ from common.naming import Naming, rename
 
 TORCH_SUFFIXES = (".pth", ".pt", ".pth.tar", ".tar", ".bin")
 SAFETENSORS_SUFFIX = ".safetensors"
+CKPT_SUFFIX = ".ckpt"  # MindSpore checkpoints (ours, or the official MindSpore port's): read with MindSpore
 
 __all__ = ["LoadInfo", "read_checkpoint", "canonical_state_dict", "load_checkpoint", "save_checkpoint",
            "named_state_dict", "CheckpointMismatchError"]
@@ -51,8 +53,28 @@ def _suffix_kind(path: Path) -> str:
         return "safetensors"
     if name.endswith(TORCH_SUFFIXES):
         return "torch"
+    if name.endswith(CKPT_SUFFIX):
+        return "ckpt"
     raise ValueError(f"{path}: unsupported checkpoint format; expected one of "
-                     f"{TORCH_SUFFIXES + (SAFETENSORS_SUFFIX,)}")
+                     f"{TORCH_SUFFIXES + (SAFETENSORS_SUFFIX, CKPT_SUFFIX)}")
+
+
+def _read_ckpt(path: Path) -> dict:
+    """A MindSpore `.ckpt` as name -> numpy (bfloat16 as float32) plus its string entries.
+
+    The format is MindSpore's own protobuf, so MindSpore reads it; without MindSpore installed the error
+    says how to convert the file to `.safetensors` elsewhere."""
+    try:
+        import mindspore as ms
+    except ImportError as err:
+        raise ValueError(f"{path}: reading a MindSpore .ckpt needs MindSpore; convert it to .safetensors with "
+                         "tools/convert_weights.py where MindSpore is installed") from err
+    out = {}
+    for name, value in ms.load_checkpoint(str(path)).items():
+        if isinstance(value, ms.Tensor):
+            value = (value.astype(ms.float32) if value.dtype == ms.bfloat16 else value).asnumpy()
+        out[name] = value
+    return out
 
 
 def _numpy_globals(path: Path) -> list | None:
@@ -81,9 +103,12 @@ def read_checkpoint(path, weights_only: bool = True):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    if _suffix_kind(path) == "safetensors":
+    kind = _suffix_kind(path)
+    if kind == "safetensors":
         from safetensors.torch import load_file
         return load_file(str(path), device="cpu")
+    if kind == "ckpt":
+        return _read_ckpt(path)
     if not weights_only:
         return torch.load(path, map_location="cpu", weights_only=False)
     try:
@@ -107,7 +132,8 @@ def canonical_state_dict(obj, cfg: DVTConfig, *, use_ema: bool = False, naming: 
     """A loaded checkpoint object -> (canonical name -> tensor, naming found, Extracted)."""
     extracted = extract_state_dict(obj, use_ema=use_ema)
     naming = resolve_naming(extracted.tensors.keys(), cfg, naming)
-    tensors = {k: _to_tensor(v) for k, v in rename(extracted.tensors, cfg, naming, "canonical").items()}
+    renamed = rename(extracted.tensors, cfg, naming, "canonical", to_numpy=tensor_to_numpy)
+    tensors = {k: _to_tensor(v) for k, v in renamed.items()}
     return tensors, naming, extracted
 
 
@@ -145,7 +171,8 @@ def load_checkpoint(model, path, *, use_ema: bool = False, naming: Naming | None
 def named_state_dict(model, naming: Naming = "canonical") -> dict:
     """The model's parameters (detached, CPU, contiguous) under `naming`."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return rename(tensors, model.config, "canonical", naming)
+    return {k: _to_tensor(v) for k, v in rename(tensors, model.config, "canonical", naming,
+                                                 to_numpy=tensor_to_numpy).items()}
 
 
 def save_checkpoint(model, path, *, naming: Naming = "canonical", extras: dict | None = None) -> Path:
@@ -156,6 +183,9 @@ def save_checkpoint(model, path, *, naming: Naming = "canonical", extras: dict |
     """
     path = Path(path)
     kind = _suffix_kind(path)
+    if kind == "ckpt":
+        raise ValueError(f"{path}: unsupported checkpoint format for writing: torch_impl writes .pth / "
+                         ".safetensors (make a MindSpore .ckpt from them with tools/convert_weights.py)")
     tensors = named_state_dict(model, naming)
     config = model.config.to_dict()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,8 @@ fvcore counts what the reference's ops cost: matmul/linear/conv (one multiply-ad
 per element, nearest upsampling and adaptive pooling 1 per element. Our grid resampling is a
 matmul with the shared matrix A (see `models.resample`); traced, it shows up as one
 `prim::PythonOp.GridResampleFn` node, charged here `resample_flops(s, t)` per s x s map, i.e.
-exactly what fvcore charges the reference's upsample + adaptive pool. Everything else is fvcore's
+exactly what fvcore charges the reference's upsample + adaptive pool (`NearestResampleFn`, the
+MindSpore port's plain nearest resize: what fvcore charges its upsample). Everything else is fvcore's
 own counting, so `fvcore_flops(model, k) == common.flops.cumulative_flops(cfg)[k - 1]`.
 
     fvcore_flops(model, num_exits=2)     # FLOPs (per image at batch 1) to reach exit 2
@@ -13,6 +14,7 @@ own counting, so `fvcore_flops(model, k) == common.flops.cumulative_flops(cfg)[k
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from fvcore.nn import FlopCountAnalysis
@@ -21,13 +23,14 @@ from torch import nn
 
 from common.resample import resample_flops
 
+RESAMPLE_OPS = {"prim::PythonOp.GridResampleFn": "nearest_avgpool", "prim::PythonOp.NearestResampleFn": "nearest"}
 RESAMPLE_OP = "prim::PythonOp.GridResampleFn"
 
 
-def resample_flop_handle(inputs, outputs) -> int:
-    """fvcore handle: (..., s, s) -> (..., t, t) costs resample_flops(s, t) per map."""
+def resample_flop_handle(inputs, outputs, mode: str = "nearest_avgpool") -> int:
+    """fvcore handle: (..., s, s) -> (..., t, t) costs resample_flops(s, t, mode) per map."""
     src, dst = get_shape(inputs[0]), get_shape(outputs[0])
-    return math.prod(src[:-2]) * resample_flops(src[-1], dst[-1])
+    return math.prod(src[:-2]) * resample_flops(src[-1], dst[-1], mode)
 
 
 class _Prefix(nn.Module):
@@ -47,7 +50,9 @@ def flop_analysis(model: nn.Module, num_exits: int | None = None, batch_size: in
     param = next(model.parameters())
     x = torch.zeros(batch_size, cfg.in_chans, cfg.img_size, cfg.img_size, dtype=param.dtype, device=param.device)
     wrapper = _Prefix(model, num_exits or cfg.num_exits)
-    analysis = FlopCountAnalysis(wrapper, (x,)).set_op_handle(RESAMPLE_OP, resample_flop_handle)
+    analysis = FlopCountAnalysis(wrapper, (x,))
+    for op, mode in RESAMPLE_OPS.items():
+        analysis = analysis.set_op_handle(op, partial(resample_flop_handle, mode=mode))
     return analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
 
 

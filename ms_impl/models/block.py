@@ -23,6 +23,8 @@ class ContextSpec:
     dim: int
     src_grid: int
     dst_grid: int
+    resample: str = "nearest_avgpool"  # DVTConfig.reuse_resample
+    norm: bool = True  # False: the MindSpore port's discarded LayerNorm (held, frozen, skipped)
 
 
 class Block(nn.Cell):
@@ -49,7 +51,11 @@ class Block(nn.Cell):
         if context is not None:
             self.feature_reuse_mlp = nn.SequentialCell(
                 layer_norm(dim, norm_eps), Mlp(dim, context.hidden, context.dim, act_layer=act_layer, drop=drop))
-            self.context_resample = GridResample(context.src_grid, context.dst_grid)
+            self.context_norm = context.norm
+            if not context.norm:  # its output would be thrown away: skip it, and give it no gradient to miss
+                for param in self.feature_reuse_mlp[0].get_parameters():
+                    param.requires_grad = False
+            self.context_resample = GridResample(context.src_grid, context.dst_grid, context.resample)
 
     def construct(self, x, prev_features=None, reused_logits=None, collect=False, need_logits=True):
         attn_out, logits = self.attn(self.norm1(x), reused_logits, need_logits)
@@ -71,5 +77,9 @@ class Block(nn.Cell):
         """Previous exit's tokens (B, 1+s*s, D) -> context (B, 1+t*t, ctx), zeros at the cls slot."""
         if not self.feature_reuse:
             raise ValueError("this block has no feature reuse; got prev_features")
-        c = self.context_resample.tokens(self.feature_reuse_mlp(prev_features)[:, 1:])
+        if self.context_norm:
+            c = self.feature_reuse_mlp(prev_features)
+        else:
+            c = self.feature_reuse_mlp[1](prev_features)
+        c = self.context_resample.tokens(c[:, 1:])
         return ops.cat((ops.zeros_like(c[:, :1]), c), axis=1)

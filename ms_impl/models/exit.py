@@ -83,8 +83,9 @@ class ViTExit(nn.Cell):
             self.tokenizer_name = "patch_embed"
         self.pos_drop = dropout(cfg.drop_rate)
 
-        context = (ContextSpec(cfg.context_hidden, cfg.context_dim, prev_grid, ex.grid)
-                   if self.feature_reuse else None)
+        self.detach_reused_features = cfg.detach_reused_features
+        context = (ContextSpec(cfg.context_hidden, cfg.context_dim, prev_grid, ex.grid, cfg.reuse_resample,
+                               cfg.feature_reuse_norm == "applied") if self.feature_reuse else None)
         self.blocks = nn.CellList([
             Block(d, cfg.num_heads, cfg.mlp_hidden, qkv_bias=cfg.qkv_bias, scale=cfg.scale,
                   norm_eps=cfg.norm_eps, act_layer=act, drop=cfg.drop_rate, attn_drop=cfg.attn_drop_rate,
@@ -97,8 +98,8 @@ class ViTExit(nn.Cell):
             self.relation_reuse_conv = nn.SequentialCell(
                 nn.Conv2d(c, hidden, 1, pad_mode="pad", padding=0, has_bias=True), act(),
                 nn.Conv2d(hidden, c, 1, pad_mode="pad", padding=0, has_bias=True))
-            self.relation_resample = GridResample(prev_grid, ex.grid)
-            self.relation_matrix = Tensor(relation_resample_matrix(prev_grid, ex.grid))  # fast path; a constant
+            self.relation_resample = GridResample(prev_grid, ex.grid, cfg.reuse_resample)
+            self.relation_matrix = Tensor(relation_resample_matrix(prev_grid, ex.grid, cfg.reuse_resample))  # fast path
         self.head = linear(d, cfg.num_classes)
 
     def tokenize(self, x):
@@ -136,6 +137,8 @@ class ViTExit(nn.Cell):
         """
         check_image(x, self.in_chans, self.img_size)
         self._check_reuse_inputs(prev_features, prev_relations)
+        if self.detach_reused_features and prev_features is not None:
+            prev_features = ops.stop_gradient(prev_features)
         t = self.tokenize(x)
         cls = ops.broadcast_to(self.cls_token, (t.shape[0], 1, t.shape[2]))
         # The residual stream takes the parameters' dtype: float32 unless the whole exit runs in low precision.

@@ -3,7 +3,8 @@
 The reference resizes by nearest x2 upsampling then adaptive average pooling. Both are linear and
 separable, so `y = (A @ X) @ A^T` with one (t, s) matrix A computed once in numpy: torch and MindSpore
 multiply by the same bits, with the same op order, and any s -> t with s <= t <= 2s works. A is a
-constant Tensor, not a Parameter: nothing to train, nothing in a checkpoint.
+constant Tensor, not a Parameter: nothing to train, nothing in a checkpoint. `mode="nearest"` is the
+MindSpore port's plain nearest resize (`common.resample`).
 """
 from __future__ import annotations
 
@@ -16,15 +17,15 @@ from common.resample import resample_matrix
 class GridResample(nn.Cell):
     """Holds A (and A^T) for one s -> t step; `construct` resamples (..., s, s) maps to (..., t, t)."""
 
-    def __init__(self, src: int, dst: int):
+    def __init__(self, src: int, dst: int, mode: str = "nearest_avgpool"):
         super().__init__()
-        self.src, self.dst = src, dst
-        matrix = resample_matrix(src, dst)
+        self.src, self.dst, self.mode = src, dst, mode
+        matrix = resample_matrix(src, dst, mode=mode)
         self.matrix = Tensor(matrix)
         self.matrix_t = Tensor(np.ascontiguousarray(matrix.T))
 
     def extend_repr(self):
-        return f"{self.src}x{self.src} -> {self.dst}x{self.dst}"
+        return f"{self.src}x{self.src} -> {self.dst}x{self.dst}, {self.mode}"
 
     def construct(self, x):
         """(..., s, s) -> (..., t, t) as (A @ X) @ A^T, A cast to x's dtype."""

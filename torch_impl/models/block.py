@@ -24,6 +24,8 @@ class ContextSpec:
     dim: int
     src_grid: int
     dst_grid: int
+    resample: str = "nearest_avgpool"  # DVTConfig.reuse_resample
+    norm: bool = True  # False: the MindSpore port's discarded LayerNorm (held, frozen, skipped)
 
 
 class Block(nn.Module):
@@ -51,7 +53,10 @@ class Block(nn.Module):
             self.feature_reuse_mlp = nn.Sequential(
                 nn.LayerNorm(dim, eps=norm_eps),
                 Mlp(dim, context.hidden, context.dim, act_layer=act_layer, drop=drop))
-            self.context_resample = GridResample(context.src_grid, context.dst_grid)
+            self.context_norm = context.norm
+            if not context.norm:  # its output would be thrown away: skip it, and give it no gradient to miss
+                self.feature_reuse_mlp[0].requires_grad_(False)
+            self.context_resample = GridResample(context.src_grid, context.dst_grid, context.resample)
 
     def forward(self, x: torch.Tensor, prev_features: torch.Tensor | None = None,
                 reused_logits: torch.Tensor | None = None, collect: bool = False, need_logits: bool = True):
@@ -72,5 +77,6 @@ class Block(nn.Module):
         """Previous exit's tokens (B, 1+s*s, D) -> context (B, 1+t*t, ctx), zeros at the cls slot."""
         if self.feature_reuse_mlp is None:
             raise ValueError("this block has no feature reuse; got prev_features")
-        c = self.context_resample.tokens(self.feature_reuse_mlp(prev_features)[:, 1:])
+        mlp = self.feature_reuse_mlp if self.context_norm else self.feature_reuse_mlp[1]
+        c = self.context_resample.tokens(mlp(prev_features)[:, 1:])
         return torch.cat([c.new_zeros(c.shape[0], 1, c.shape[2]), c], dim=1)

@@ -69,8 +69,9 @@ class ViTExit(nn.Module):
             self.patch_embed = PatchEmbed(ex.tokenizer, cfg.in_chans, d)
         self.pos_drop = nn.Dropout(cfg.drop_rate)
 
-        context = (ContextSpec(cfg.context_hidden, cfg.context_dim, prev_grid, ex.grid)
-                   if self.feature_reuse else None)
+        self.detach_reused_features = cfg.detach_reused_features
+        context = (ContextSpec(cfg.context_hidden, cfg.context_dim, prev_grid, ex.grid, cfg.reuse_resample,
+                               cfg.feature_reuse_norm == "applied") if self.feature_reuse else None)
         self.blocks = nn.ModuleList([
             Block(d, cfg.num_heads, cfg.mlp_hidden, qkv_bias=cfg.qkv_bias, scale=cfg.scale,
                   norm_eps=cfg.norm_eps, act_layer=act, drop=cfg.drop_rate, attn_drop=cfg.attn_drop_rate,
@@ -83,8 +84,9 @@ class ViTExit(nn.Module):
             c = cfg.relation_channels
             hidden = c * cfg.relation_mlp_ratio
             self.relation_reuse_conv = nn.Sequential(nn.Conv2d(c, hidden, 1), act(), nn.Conv2d(hidden, c, 1))
-            self.relation_resample = GridResample(prev_grid, ex.grid)
-            self.register_buffer("relation_matrix", torch.tensor(relation_resample_matrix(prev_grid, ex.grid)),
+            self.relation_resample = GridResample(prev_grid, ex.grid, cfg.reuse_resample)
+            self.register_buffer("relation_matrix",
+                                 torch.tensor(relation_resample_matrix(prev_grid, ex.grid, cfg.reuse_resample)),
                                  persistent=False)  # fast path only; never in a state dict
         self.head = nn.Linear(d, cfg.num_classes)
 
@@ -127,6 +129,8 @@ class ViTExit(nn.Module):
         """
         check_image(x, self.in_chans, self.img_size)
         self._check_reuse_inputs(prev_features, prev_relations)
+        if self.detach_reused_features and prev_features is not None:
+            prev_features = prev_features.detach()
         t = self.tokenize(x)
         t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], dim=1)
         t = self.pos_drop(t + self.pos_embed)

@@ -7,7 +7,8 @@ MindSpore multiply by the same bits, and any s -> t with s <= t <= 2s works (DES
 FLOPs: fvcore would charge the two matmuls differently from the reference's upsample + pool. Under
 tracing (which is how fvcore sees a model) the op is therefore recorded as one opaque
 `prim::PythonOp.GridResampleFn` that `torch_impl.flops` prices with `common.resample.resample_flops`.
-Eager, compiled and exported models see the plain matmuls, which autograd differentiates.
+Eager, compiled and exported models see the plain matmuls, which autograd differentiates. The MindSpore
+port's plain nearest resize (`mode="nearest"`) is traced as `NearestResampleFn`, priced by its own rule.
 """
 from __future__ import annotations
 
@@ -37,28 +38,35 @@ class GridResampleFn(torch.autograd.Function):
         return ((a.transpose(-1, -2) @ grad) @ a).to(ctx.x_dtype), None
 
 
-def resample_grid(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
-    """Resample (..., s, s) maps to (..., t, t); `matrix` is the float32 (t, s) constant."""
+class NearestResampleFn(GridResampleFn):
+    """The same product for the plain nearest matrix; a separate class so that FLOPs tools see the mode."""
+
+
+TRACED_OPS = {"nearest_avgpool": GridResampleFn, "nearest": NearestResampleFn}
+
+
+def resample_grid(x: torch.Tensor, matrix: torch.Tensor, mode: str = "nearest_avgpool") -> torch.Tensor:
+    """Resample (..., s, s) maps to (..., t, t); `matrix` is the float32 (t, s) constant of `mode`."""
     a = matrix.to(dtype=x.dtype)
     if torch.jit.is_tracing():
-        return GridResampleFn.apply(x, a)
+        return TRACED_OPS[mode].apply(x, a)
     return _resample(x, a)
 
 
 class GridResample(nn.Module):
     """Holds A for one s -> t step (a non-persistent buffer: never in a state dict)."""
 
-    def __init__(self, src: int, dst: int):
+    def __init__(self, src: int, dst: int, mode: str = "nearest_avgpool"):
         super().__init__()
-        self.src, self.dst = src, dst
-        self.register_buffer("matrix", torch.tensor(resample_matrix(src, dst)), persistent=False)
+        self.src, self.dst, self.mode = src, dst, mode
+        self.register_buffer("matrix", torch.tensor(resample_matrix(src, dst, mode=mode)), persistent=False)
 
     def extra_repr(self) -> str:
-        return f"{self.src}x{self.src} -> {self.dst}x{self.dst}"
+        return f"{self.src}x{self.src} -> {self.dst}x{self.dst}, {self.mode}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., s, s) -> (..., t, t)."""
-        return resample_grid(x, self.matrix)
+        return resample_grid(x, self.matrix, self.mode)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Row-major patch tokens (B, s*s, C) -> (B, t*t, C)."""
