@@ -24,6 +24,8 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 from tqdm import tqdm
 
+from common.exits import per_exit
+
 from .optim import adamw_scalars
 
 
@@ -38,9 +40,10 @@ def soft_cross_entropy(logits, targets):
 
 
 def multi_exit_loss(outputs, targets, weights):
-    """sum_k w_k * soft_cross_entropy(outputs[k], targets) (graph-compatible: plain loop over a tuple)."""
+    """sum_k w_k * soft_cross_entropy(outputs[k], targets) (graph-compatible: plain loop over a tuple);
+    `outputs`: a forward's output (the tuple of a cascade or the one tensor of a single-exit model)."""
     total = 0.0
-    for k, out in enumerate(outputs):
+    for k, out in enumerate(per_exit(outputs)):
         total = total + weights[k] * soft_cross_entropy(out, targets)
     return total
 
@@ -108,7 +111,7 @@ class EvalNet(nn.Cell):
 
     def construct(self, x):
         outs = ()
-        for out in self.model(x):
+        for out in per_exit(self.model(x)):
             outs += (out.astype(mstype.float32),)
         return ops.stack(outs)
 

@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 
 from common import get_config
+from common.exits import per_exit
 from common.naming import name_map
 from paritylib import (TOL_GRAD_REL, TOL_LOSS, TOL_WEIGHTS, Row, convert_ok, images, max_diffs, need, record,
                        seed_of, torch_model)
@@ -67,7 +68,7 @@ def torch_step(model, x, y, hyper, dtype=None):
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     opt = torch.optim.AdamW(params.values(), **hyper)
     opt.zero_grad()
-    loss = sum(F.cross_entropy(z, torch.from_numpy(y)) for z in model(x_t))
+    loss = sum(F.cross_entropy(z, torch.from_numpy(y)) for z in per_exit(model(x_t)))
     loss.backward()
     grads = {n: p.grad.detach().numpy().copy() for n, p in params.items()}
     opt.step()
@@ -83,7 +84,7 @@ def ms_loss_and_grads(net, x, y):
 
     def loss_fn(xx, yy):
         loss = 0.0
-        for z in net(xx):
+        for z in per_exit(net(xx)):
             loss = loss + ce(z, yy)
         return loss
 

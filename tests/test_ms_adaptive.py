@@ -15,6 +15,7 @@ import pytest
 from mindspore import Tensor
 
 from common.adaptive import counts_for_fractions, exit_counts, offline_exits, scores, thresholds_for_fractions
+from common.exits import per_exit
 from ms_impl import create_model
 from ms_impl.models import adaptive_forward
 from ms_impl.models.adaptive import _STAGES
@@ -38,7 +39,7 @@ def images(cfg, batch: int, seed: int = 0) -> Tensor:
 
 
 def full_cascade(model, x) -> np.ndarray:
-    return np.stack([lg.asnumpy() for lg in model(x)])
+    return np.stack([lg.asnumpy() for lg in per_exit(model(x))])
 
 
 def threshold_sets(full: np.ndarray, fraction_sets) -> list:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import common
+from common.exits import per_exit
 from common.adaptive import (counts_for_fractions, exit_counts, leave_mask, offline_exits, scores,
                              thresholds_for_fractions)
 from common.thresholds import ThresholdCurve
@@ -48,7 +49,7 @@ def mixtures(k: int) -> list:
 
 def full_cascade(model, x) -> np.ndarray:
     with torch.inference_mode():
-        return torch.stack(model(x)).numpy()
+        return torch.stack(per_exit(model(x))).numpy()
 
 
 def check(model, x, full: np.ndarray, thresholds, criterion="confidence", **kw) -> AdaptiveResult:

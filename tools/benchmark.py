@@ -54,6 +54,7 @@ from common.adaptive import counts_for_fractions, scores, thresholds_for_fractio
 from common.benchmark import (BASELINE, BASELINE_FAST, CASCADE, Measurement, RunResult,  # noqa: E402
                               encode_thresholds, mixture_label, parse_mixture, report_dict, static_config,
                               time_interleaved, write_report)
+from common.exits import per_exit  # noqa: E402
 from common.flops import cumulative_gflops  # noqa: E402
 
 DEFAULT_MIXTURES = {2: ("0.6/0.4",), 3: ("0.6/0.25/0.15",), 4: ("0.5/0.25/0.15/0.1",)}
@@ -108,7 +109,7 @@ class TorchBackend:
         return self.adaptive_forward(model, x, thresholds, fast=fast)
 
     def exit_logits(self, model, x) -> np.ndarray:
-        return np.stack([lg.float().cpu().numpy() for lg in model(x)])
+        return np.stack([lg.float().cpu().numpy() for lg in per_exit(model(x))])
 
     def sync(self, _out) -> None:
         if self.device.type == "cuda":
@@ -166,11 +167,11 @@ class MindSporeBackend:
         return self.adaptive_forward(model, x, thresholds, fast=fast)
 
     def exit_logits(self, model, x) -> np.ndarray:
-        return np.stack([lg.asnumpy().astype(np.float32) for lg in model(x)])
+        return np.stack([lg.asnumpy().astype(np.float32) for lg in per_exit(model(x))])
 
     def sync(self, out) -> None:
         """Wait for the outputs (PYNATIVE may still be running queued kernels): copy every logits tensor out."""
-        for t in (out.logits,) if hasattr(out, "logits") else out:
+        for t in (out.logits,) if hasattr(out, "logits") else per_exit(out):
             t.asnumpy()
 
 

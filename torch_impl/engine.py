@@ -17,14 +17,17 @@ import torch
 from timm.utils import dispatch_clip_grad
 from tqdm import tqdm
 
+from common.exits import per_exit
+
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
 def multi_exit_loss(outputs, target, criterion, weights=None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """(sum_k w_k * criterion(outputs[k], target), [per-exit losses])."""
-    losses = [criterion(out, target) for out in outputs]
+    """(sum_k w_k * criterion(outputs[k], target), [per-exit losses]); `outputs`: a forward's output
+    (the tuple of a cascade or the one tensor of a single-exit model)."""
+    losses = [criterion(out, target) for out in per_exit(outputs)]
     weights = weights or [1.0] * len(losses)
     return sum(w * loss for w, loss in zip(weights, losses)), losses
 
@@ -105,7 +108,7 @@ def collect_logits(model, loader, device, autocast=contextlib.nullcontext) -> tu
     chunks, labels = [], []
     for images, target in loader:
         with autocast():
-            outputs = model(images.to(device, non_blocking=True))
+            outputs = per_exit(model(images.to(device, non_blocking=True)))
         chunks.append(torch.stack([o.float() for o in outputs]).cpu())
         labels.append(target)
     return torch.cat(chunks, dim=1).numpy(), torch.cat(labels).numpy().astype(np.int64)

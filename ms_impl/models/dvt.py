@@ -33,8 +33,10 @@ class DVT(nn.Cell):
         return len(self.exits)
 
     def construct(self, x):
-        """(B, C, H, W) -> tuple of per-exit logits (B, num_classes)."""
+        """(B, C, H, W) -> tuple of per-exit logits (B, num_classes); one tensor for a single-exit model."""
         outputs = self._cascade(x, len(self.exits), False)
+        if len(self.exits) == 1:
+            return outputs[0][0]
         logits = ()
         for out in outputs:
             logits += (out[0],)

@@ -34,9 +34,10 @@ class DVT(nn.Module):
     def num_exits(self) -> int:
         return len(self.exits)
 
-    def forward(self, x: torch.Tensor) -> tuple:
-        """(B, C, H, W) -> tuple of per-exit logits (B, num_classes)."""
-        return tuple(out[0] for out in self._cascade(x, self.num_exits, collect=False))
+    def forward(self, x: torch.Tensor):
+        """(B, C, H, W) -> tuple of per-exit logits (B, num_classes); one tensor for a single-exit model."""
+        logits = tuple(out[0] for out in self._cascade(x, self.num_exits, collect=False))
+        return logits if self.num_exits > 1 else logits[0]
 
     def forward_intermediates(self, x: torch.Tensor, num_exits: int | None = None) -> list[ExitOutput]:
         """Run exits 0..num_exits-1 and return what each computed (same code path as forward)."""
