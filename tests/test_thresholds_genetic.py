@@ -6,7 +6,7 @@ import pytest
 
 from common.thresholds import (ExitScores, GeneticConfig, evaluate_thresholds, solve_exact, solve_genetic,
                                within_budget)
-from common.thresholds.genetic import _Tables
+from common.thresholds.tables import ThresholdTables
 
 
 def random_scores(seed, k_exits, n, levels=None):
@@ -40,11 +40,12 @@ def test_feasible_and_never_better_than_exact(k_exits, n, levels, grid):
 @pytest.mark.parametrize("k_exits,grid", [(2, None), (3, 6), (4, 4)])
 def test_lookup_tables_equal_the_exit_rule(k_exits, grid):
     scores = random_scores(k_exits, k_exits, 40, levels=5)
-    tables = _Tables(scores, GeneticConfig(grid_size=grid))
+    tables = ThresholdTables(scores, grid_size=grid)
     for genes in itertools.product(*[range(s + 1) for s in tables.sizes]):
         ev = evaluate_thresholds(scores, tables.thresholds(np.array(genes)))
         assert tables.correct[genes] == ev.num_correct
         assert tables.cost[genes] == pytest.approx(ev.expected_gflops, rel=1e-12)
+        assert tuple(tables.counts[(slice(None),) + genes]) == ev.exit_counts
 
 
 def test_bad_config():
