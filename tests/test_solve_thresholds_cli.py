@@ -42,8 +42,12 @@ def test_all_solvers_on_one_split_file(cli, npz, tmp_path, capsys):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = json.loads((out / "thresholds.json").read_text())
     assert result["calibration"]["num_samples"] + result["test"]["num_samples"] == 600
-    assert set(result["solvers"]) == {"geometric", "genetic", "exact"}
+    assert set(result["solvers"]) == {"anchored", "geometric", "genetic", "exact"}
+    assert result["default_solver"] == "anchored"
     curves = {n: ThresholdCurve.from_dict(r["curve"]) for n, r in result["solvers"].items()}
+    loaded = ThresholdCurve.load(out)  # a run's thresholds load as its default solver's curve
+    assert loaded.solver == "anchored" and np.array_equal(loaded.thresholds, curves["anchored"].thresholds)
+    assert ThresholdCurve.load(out / "thresholds.json", solver="exact").solver == "exact"
     assert curves["geometric"].num_points == 59
     assert len(result["table"]) == len(result["budgets"]) == curves["exact"].num_points
     # exact >= the others on calibration at every budget row
@@ -68,6 +72,7 @@ def test_separate_test_file_and_other_criteria(cli, npz, tmp_path):
         result = json.loads((out / "thresholds.json").read_text())
         assert result["criterion"] == criterion and result["test"]["num_samples"] == 600
         assert len(result["budgets"]) == 5
+        assert result["default_solver"] == "geometric"  # anchored not solved: the first listed
         assert result["solvers"]["exact"]["curve"]["criterion"] == criterion
 
 

@@ -1,112 +1,318 @@
 #!/usr/bin/env python
-"""Benchmark of the threshold solvers on synthetic, realistic per-exit outputs (issue 6 targets).
+"""Benchmark of the threshold solvers on held-out data: does a solved curve generalise?
 
-    python tools/bench_thresholds.py [--calib 50000] [--test 50000] [--exits 3] [--classes 100] [--seed 0]
+    python tools/bench_thresholds.py [RUN_DIR | OUTPUTS.npz ...] [--out DIR] [--force]
+        [--solvers geometric,exact,genetic,margin,anchored] [--synthetic default|quick|none] [--seed 0]
 
-Prints (1) the time each solver needs for all budgets (geometric: its 59 points; genetic and exact: the
-59 budgets the geometric schedule reaches), targets: exact < 5 s, GA < 30 s for 50,000 x 3; (2) peak
-traced memory (tracemalloc, numpy allocations included) of each solver at half and full calibration size,
-to show it grows linearly; (3) per budget, calibration and test-split accuracy of the three solvers,
-and whether the exact solver is at least as accurate as the others on calibration everywhere.
-Performance is measured here, never asserted in tests.
+For every source of per-exit outputs and every solver: solve on the source's calibration split, apply to
+its test split, and compare the test curve with the geometric schedule's (solved on the same
+calibration split) at matched realised cost (`common.thresholds.generalisation`): mean and worst gap
+in accuracy points, the fraction of the geometric schedule's 59 points where the solver is at or above
+it, and the cost at which each curve first reaches the last exit's test accuracy. Plus solve time.
+
+Sources:
+- a run folder (train.py / evaluate.py output): calib_outputs.npz -> test_outputs.npz, and, if the run
+  kept them (`--train-outputs`), train_outputs.npz -> test_outputs.npz (thresholds solved on the
+  training split, as the paper does);
+- `calib_outputs.npz` / `train_outputs.npz` with a `test_outputs.npz` beside it: that pair; any other
+  `.npz`: split in halves (seeded, stratified);
+- synthetic outputs (`common.thresholds.synthetic`), "default": 360/359 (digits-sized), 1,000/2,000 (a
+  small real set), 6,000/50,000 with 1,000 classes (the reference code's threshold run: 6,000 calibration
+  images, ImageNet's 50,000 validation images) and 50,000/50,000 (the solve-time target size), several
+  seeds; "quick": one small source (tests); "none".
+
+Targets (issue 19), per source: at or above the geometric schedule at >= 90% of its points, never more
+than 0.3 points below it, and reaching the last exit's test accuracy at a cost no higher than the
+geometric schedule does. The best solver meets them on the most sources (ties: the better worst gap,
+then mean gap). Writes report.md and report.json into a fresh folder (default
+outputs/bench_thresholds/<time>; an existing non-empty folder needs --force). Timings are noisy on a
+busy machine; they are measured, never asserted.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
 import time
-import tracemalloc
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from common.thresholds import (ExitScores, anytime_accuracy, calibration_test_split, evaluate_thresholds, solve,
-                               synthetic_exit_outputs)
+from common.atomic import atomic_write_text
+from common.thresholds import (SOLVERS, ExitScores, anytime_accuracy, calibration_test_split, load_exit_outputs,
+                               solve, synthetic_exit_outputs)
+from common.thresholds.generalisation import compare_matched_cost, points_on
+from common.thresholds.solvers import DEFAULT_SOLVER
 
-SOLVER_ORDER = ("geometric", "genetic", "exact")
+REFERENCE = "geometric"
+DEFAULT_SOLVERS = "geometric,exact,genetic,margin,anchored"
+MIN_AT_OR_ABOVE, MAX_BELOW = 0.90, 0.003  # targets: fraction of reference points, accuracy (0.3 points)
+SYNTHETIC = {  # name -> list of (calibration, test, classes, seed)
+    "quick": [(400, 400, 10, 0)],
+    "default": [(360, 359, 10, s) for s in (0, 1, 2)] + [(1000, 2000, 10, s) for s in (0, 1, 2)]
+               + [(6000, 50000, 1000, s) for s in (0, 1)] + [(50000, 50000, 100, 0)],
+    "none": [],
+}
+__all__ = ["main", "build_parser", "Source", "run_benchmark", "parse_solver_spec", "rank_solvers"]
 
 
-def make_splits(n_calib: int, n_test: int, exits: int, classes: int, seed: int):
-    outputs = synthetic_exit_outputs(n_calib + n_test, num_exits=exits, num_classes=classes, seed=seed)
-    calib_idx, test_idx = calibration_test_split(outputs.num_samples, outputs.labels,
-                                                 n_calib / outputs.num_samples, seed)
-    return (ExitScores.from_outputs(outputs, "confidence", calib_idx),
-            ExitScores.from_outputs(outputs, "confidence", test_idx))
+class UsageError(ValueError):
+    """Bad command-line input; reported as `error: ...` with exit status 2."""
 
 
-def run_solvers(calib: ExitScores, seed: int):
+@dataclass
+class Source:
+    name: str
+    calib: ExitScores
+    test: ExitScores
+    note: str = ""
+
+
+def parse_solver_spec(spec: str) -> tuple[str, str, dict]:
+    """'anchored' or 'anchored:z=2:grid_size=256' -> (label, solver name, options)."""
+    name, *opts = spec.split(":")
+    if name not in SOLVERS:
+        raise UsageError(f"--solvers: unknown solver {name!r}; choose from {','.join(SOLVERS)}")
+    options = {}
+    for opt in opts:
+        key, sep, text = opt.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--solvers: option {opt!r} of {spec!r} is not key=value")
+        options[key] = _value(text)
+    return spec, name, options
+
+
+def _value(text: str):
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def synthetic_sources(kind: str) -> list[Source]:
+    out = []
+    for n_cal, n_test, classes, seed in SYNTHETIC[kind]:
+        o = synthetic_exit_outputs(n_cal + n_test, num_exits=3, num_classes=classes, seed=seed)
+        ci, ti = calibration_test_split(o.num_samples, o.labels, n_cal / o.num_samples, seed)
+        out.append(Source(f"synthetic {n_cal}/{n_test} c{classes} s{seed}", ExitScores.from_outputs(o, "confidence", ci),
+                          ExitScores.from_outputs(o, "confidence", ti), "common.thresholds.synthetic"))
+    return out
+
+
+def file_sources(path: str, seed: int) -> list[Source]:
+    p = Path(path)
+    if p.is_dir():
+        test = p / "test_outputs.npz"
+        pairs = [(p / f"{split}_outputs.npz", split) for split in ("calib", "train")]
+        found = [(f, split) for f, split in pairs if f.is_file()]
+        if not test.is_file() or not found:
+            raise UsageError(f"{path}: a run folder needs test_outputs.npz and calib_outputs.npz (or train_outputs.npz)")
+        test_scores = ExitScores.from_outputs(load_exit_outputs(test))
+        return [Source(f"{p.name} ({split}-calibrated)", ExitScores.from_outputs(load_exit_outputs(f)), test_scores,
+                       str(f)) for f, split in found]
+    if not p.is_file():
+        raise UsageError(f"{path}: no such run folder or .npz file")
+    if p.name in ("calib_outputs.npz", "train_outputs.npz") and (p.parent / "test_outputs.npz").is_file():
+        return [Source(f"{p.parent.name} ({p.name.split('_')[0]}-calibrated)",
+                       ExitScores.from_outputs(load_exit_outputs(p)),
+                       ExitScores.from_outputs(load_exit_outputs(p.parent / "test_outputs.npz")), str(p))]
+    o = load_exit_outputs(p)
+    ci, ti = calibration_test_split(o.num_samples, o.labels, 0.5, seed)
+    return [Source(f"{p.stem} (halves, seed {seed})", ExitScores.from_outputs(o, "confidence", ci),
+                   ExitScores.from_outputs(o, "confidence", ti), str(p))]
+
+
+def evaluate_source(source: Source, specs, bar=None) -> dict:
+    """Solve with every spec on the calibration split; compare on the test split with the reference."""
+    cal, test = source.calib, source.test
+    if (cal.num_exits, cal.gflops.tolist()) != (test.num_exits, test.gflops.tolist()):
+        raise UsageError(f"{source.name}: calibration and test outputs are not from the same model")
     curves, seconds = {}, {}
-    for name in SOLVER_ORDER:
-        start = time.perf_counter()
-        if name == "geometric":
-            curves[name] = solve(name, calib)
+    for label, name, options in specs:
+        if bar is not None:
+            bar.set_postfix_str(f"{source.name}: {label}")
+        start, cpu = time.perf_counter(), time.process_time()
+        curves[label] = solve(name, cal, None, **options)
+        seconds[label] = (time.perf_counter() - start, time.process_time() - cpu)
+        if bar is not None:
+            bar.update(1)
+    reference = points_on(curves[REFERENCE] if REFERENCE in curves else solve(REFERENCE, cal), test)
+    solvers = {}
+    for label, curve in curves.items():
+        pts = points_on(curve, test)
+        comp = compare_matched_cost(pts, reference, test)
+        match_ok = comp.reference_match_gflops is None or (
+            comp.match_gflops is not None and comp.match_gflops <= comp.reference_match_gflops * (1 + 1e-9))
+        solvers[label] = {
+            "solver": curve.solver, "seconds": seconds[label][0], "cpu_seconds": seconds[label][1],
+            "num_budgets": curve.num_points, **comp.to_dict(),
+            "targets": {"at_or_above": comp.fraction_at_or_above >= MIN_AT_OR_ABOVE,
+                        "worst": comp.worst_gap >= -MAX_BELOW - 1e-12, "matching_cost": match_ok},
+            "curve": {"budgets": curve.budgets.tolist(), "calibration_accuracy": curve.accuracy.tolist(),
+                      "calibration_gflops": curve.expected_gflops.tolist(), "test_accuracy": pts.accuracy.tolist(),
+                      "test_gflops": pts.gflops.tolist()}}
+    return {"name": source.name, "note": source.note, "num_calibration": cal.num_samples,
+            "num_test": test.num_samples, "num_exits": cal.num_exits, "gflops": cal.gflops.tolist(),
+            "single_exit_test_accuracy": anytime_accuracy(test.correct).tolist(), "solvers": solvers}
+
+
+def rank_solvers(results: list[dict]) -> list[dict]:
+    """Per solver over all sources, best first: sources meeting every target, then worst gap, mean gap."""
+    labels = list(results[0]["solvers"]) if results else []
+    rows = []
+    for label in labels:
+        per = [r["solvers"][label] for r in results]
+        rows.append({"solver": label, "sources": len(per),
+                     "sources_meeting_targets": sum(all(s["targets"].values()) for s in per),
+                     "mean_gap": float(np.mean([s["mean_gap"] for s in per])),
+                     "worst_gap": float(min(s["worst_gap"] for s in per)),
+                     "min_fraction_at_or_above": float(min(s["fraction_at_or_above"] for s in per)),
+                     "matching_cost_ok": sum(s["targets"]["matching_cost"] for s in per),
+                     "max_seconds": float(max(s["seconds"] for s in per)),
+                     "max_cpu_seconds": float(max(s["cpu_seconds"] for s in per))})
+    return sorted(rows, key=lambda r: (-r["sources_meeting_targets"], -r["worst_gap"], -r["mean_gap"]))
+
+
+def run_benchmark(sources: list[Source], specs, progress: bool = True) -> dict:
+    bar = tqdm(total=len(sources) * len(specs), desc="solving", unit="solve", disable=not progress, file=sys.stderr,
+               dynamic_ncols=True)
+    try:
+        results = [evaluate_source(s, specs, bar) for s in sources]
+    finally:
+        bar.close()
+    ranking = rank_solvers(results)
+    return {"format": "dvt-threshold-bench", "version": 1, "reference": REFERENCE, "default_solver": DEFAULT_SOLVER,
+            "targets": {"min_fraction_at_or_above": MIN_AT_OR_ABOVE, "max_points_below": 100 * MAX_BELOW,
+                        "matching_cost": "no higher than the reference's"},
+            "sources": results, "ranking": ranking,
+            "best": next((r["solver"] for r in ranking if r["solver"] != REFERENCE), None)}
+
+
+def _pt(x) -> str:
+    return f"{100 * x:+.2f}"
+
+
+def _gf(x) -> str:
+    return "never" if x is None else f"{x:.4g}"
+
+
+def render_markdown(report: dict) -> str:
+    lines = ["# Threshold solvers on held-out data", "",
+             f"Command: `{report['command']}`  ", f"Written: {report['written']}  ",
+             f"Reference: the `{report['reference']}` schedule solved on the same calibration split. Gaps are test "
+             "accuracy points (solver minus reference) at the reference's realised test costs; a solver's test curve "
+             "is interpolated linearly along its realised test GFLOPs, starting from exit 1 alone and flat after its "
+             "costliest point. Matching cost: first test GFLOPs at which a curve reaches the last exit's test "
+             "accuracy.", "",
+             f"Targets per source: at or above the reference at >= {100 * MIN_AT_OR_ABOVE:.0f}% of its points, never "
+             f"more than {100 * MAX_BELOW:.1f} points below, matching cost no higher than the reference's.", "",
+             "## All sources", "",
+             "| solver | sources meeting all targets | mean gap (pt) | worst gap (pt) | min at-or-above | "
+             "matching cost <= reference | slowest solve, wall / CPU (s) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in report["ranking"]:
+        lines.append(f"| `{r['solver']}` | {r['sources_meeting_targets']}/{r['sources']} | {_pt(r['mean_gap'])} | "
+                     f"{_pt(r['worst_gap'])} | {100 * r['min_fraction_at_or_above']:.1f}% | "
+                     f"{r['matching_cost_ok']}/{r['sources']} | {r['max_seconds']:.2f} / {r['max_cpu_seconds']:.2f} |")
+    lines += ["", f"Best by this measure: `{report['best']}`; the project's default solver: "
+              f"`{report['default_solver']}`.", ""]
+    for src in report["sources"]:
+        single = " / ".join(f"{100 * a:.2f}" for a in src["single_exit_test_accuracy"])
+        lines += [f"## {src['name']}", "",
+                  f"{src['num_calibration']} calibration / {src['num_test']} test samples, {src['num_exits']} exits "
+                  f"at {' / '.join(f'{g:.4g}' for g in src['gflops'])} GFLOPs; single-exit test top-1 {single} %; "
+                  f"from {src['note']}.", "",
+                  "| solver | mean gap (pt) | worst gap (pt) | at or above | matches last exit at (GFLOPs) | "
+                  "reference matches at | solve, wall / CPU (s) | targets met |",
+                  "|---|---:|---:|---:|---:|---:|---:|---|"]
+        for label, s in src["solvers"].items():
+            met = ", ".join(k for k, v in s["targets"].items() if v) or "none"
+            missed = [k for k, v in s["targets"].items() if not v]
+            lines.append(f"| `{label}` | {_pt(s['mean_gap'])} | {_pt(s['worst_gap'])} | "
+                         f"{100 * s['fraction_at_or_above']:.1f}% | {_gf(s['match_gflops'])} | "
+                         f"{_gf(s['reference_match_gflops'])} | {s['seconds']:.2f} / {s['cpu_seconds']:.2f} | "
+                         f"{'all' if not missed else met + ' (missed: ' + ', '.join(missed) + ')'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def default_out_dir() -> Path:
+    return Path("outputs") / "bench_thresholds" / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def write_report(out: Path, report: dict, force: bool) -> None:
+    """report.json + report.md into `out`, all or nothing (staging folder, then one rename)."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UsageError(f"--out {out} exists and is not empty; pass --force to replace its report")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.staging-{uuid.uuid4().hex}"
+    staging.mkdir()
+    try:
+        atomic_write_text(staging / "report.json", json.dumps(report, indent=1, allow_nan=False) + "\n")
+        atomic_write_text(staging / "report.md", render_markdown(report) + "\n")
+        if out.is_dir():
+            for name in ("report.json", "report.md"):
+                (staging / name).replace(out / name)
         else:
-            options = {"seed": seed} if name == "genetic" else {}
-            curves[name] = solve(name, calib, curves["geometric"].budgets, **options)
-        seconds[name] = time.perf_counter() - start
-    return curves, seconds
+            staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
-def peak_memory(calib: ExitScores, budgets, name: str, seed: int) -> float:
-    """Peak traced MiB while solving (the inputs already exist and are not counted)."""
-    tracemalloc.start()
-    tracemalloc.reset_peak()
-    if name == "geometric":
-        solve(name, calib)
-    else:
-        solve(name, calib, budgets, **({"seed": seed} if name == "genetic" else {}))
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return peak / 2 ** 20
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 2)[2])
+    p.add_argument("sources", nargs="*", help="run folders or per-exit outputs .npz files")
+    p.add_argument("--out", default=None, help="report folder (default: a fresh outputs/bench_thresholds/<time>)")
+    p.add_argument("--force", action="store_true", help="replace the report in an existing non-empty --out")
+    p.add_argument("--solvers", default=DEFAULT_SOLVERS,
+                   help=f"comma-separated solvers, each optionally with options, e.g. anchored:z=2 (default "
+                        f"{DEFAULT_SOLVERS}); {REFERENCE} is always run as the reference")
+    p.add_argument("--synthetic", choices=sorted(SYNTHETIC), default="default", help="synthetic sources to add")
+    p.add_argument("--seed", type=int, default=0, help="seed of the halves split of single .npz files")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--calib", type=int, default=50_000, help="calibration samples (default 50000)")
-    p.add_argument("--test", type=int, default=50_000, help="test samples (default 50000)")
-    p.add_argument("--exits", type=int, default=3)
-    p.add_argument("--classes", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-
-    t = time.perf_counter()
-    calib, test = make_splits(args.calib, args.test, args.exits, args.classes, args.seed)
-    print(f"synthetic outputs: {args.exits} exits, {args.classes} classes, calibration {calib.num_samples}, "
-          f"test {test.num_samples} ({time.perf_counter() - t:.1f} s to generate); GFLOPs {calib.gflops.tolist()}")
-    print("anytime accuracy (calibration): " + ", ".join(f"{100 * a:.2f}%" for a in anytime_accuracy(calib.correct)))
-
-    curves, seconds = run_solvers(calib, args.seed)
-    budgets = curves["geometric"].budgets
-    print(f"\n== time for all budgets ({len(budgets)}), calibration N = {calib.num_samples} ==")
-    for name in SOLVER_ORDER:
-        target = {"exact": " (target < 5 s)", "genetic": " (target < 30 s)"}.get(name, "")
-        print(f"  {name:9s} {seconds[name]:7.2f} s{target}")
-
-    print("\n== peak traced memory (MiB) ==")
-    half = calib.subset(np.arange(calib.num_samples // 2))
-    print(f"  {'solver':9s} {'N=' + str(half.num_samples):>10s} {'N=' + str(calib.num_samples):>10s}  ratio")
-    for name in SOLVER_ORDER:
-        b_half = solve("geometric", half).budgets
-        m_half = peak_memory(half, b_half, name, args.seed)
-        m_full = peak_memory(calib, budgets, name, args.seed)
-        print(f"  {name:9s} {m_half:10.1f} {m_full:10.1f}  {m_full / max(m_half, 1e-9):5.2f}")
-
-    print("\n== accuracy (%) per budget: calibration / test ==")
-    tests = {n: [evaluate_thresholds(test, th) for th in c.thresholds] for n, c in curves.items()}
-    print(f"{'budget':>8} | " + " | ".join(f"{n:^23s}" for n in SOLVER_ORDER) + " | exact - best other (test)")
-    ok = True
-    for j, b in enumerate(budgets):
-        cells, cal, tst = [], {}, {}
-        for name in SOLVER_ORDER:
-            i = curves[name].index_for_budget(b)
-            cal[name], tst[name] = curves[name].accuracy[i], tests[name][i].accuracy
-            cells.append(f"{100 * cal[name]:6.2f} / {100 * tst[name]:6.2f} @{tests[name][i].expected_gflops:5.3f}")
-        ok &= all(cal["exact"] >= cal[n] for n in SOLVER_ORDER)
-        diff = 100 * (tst["exact"] - max(tst["geometric"], tst["genetic"]))
-        print(f"{b:8.4f} | " + " | ".join(cells) + f" | {diff:+.2f}")
-    mean = {n: 100 * np.mean([tests[n][curves[n].index_for_budget(b)].accuracy for b in budgets]) for n in SOLVER_ORDER}
-    print("mean test accuracy over budgets: " + ", ".join(f"{n} {mean[n]:.3f}%" for n in SOLVER_ORDER))
-    print(f"exact >= geometric and genetic on calibration at every budget: {'yes' if ok else 'NO'}")
-    return 0 if ok else 1
+    args = build_parser().parse_args(argv)
+    try:
+        specs = [parse_solver_spec(s.strip()) for s in args.solvers.split(",") if s.strip()]
+        labels = [label for label, _, _ in specs]
+        if len(set(labels)) != len(labels) or not specs:
+            raise UsageError(f"--solvers: empty or repeated entries in {args.solvers!r}")
+        if REFERENCE not in labels:
+            specs.insert(0, (REFERENCE, REFERENCE, {}))
+        out = Path(args.out) if args.out else default_out_dir()
+        if out.is_dir() and any(out.iterdir()) and not args.force:
+            raise UsageError(f"--out {out} exists and is not empty; pass --force to replace its report")
+        sources = [s for path in args.sources for s in file_sources(path, args.seed)]
+        sources += synthetic_sources(args.synthetic)
+        if not sources:
+            raise UsageError("no sources: give run folders / .npz files or --synthetic quick|default")
+        report = run_benchmark(sources, specs, progress=not args.no_progress)
+        report["command"] = " ".join(["python tools/bench_thresholds.py", *(argv if argv is not None else sys.argv[1:])])
+        report["written"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        write_report(out, report, args.force)
+    except (UsageError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(render_markdown(report))
+    print(f"\nwrote {out / 'report.md'} and {out / 'report.json'}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def pick_budgets(curve: ThresholdCurve, summary: dict, count: int) -> list[float
     """`count` budgets along the curve: its cheapest point, points up to the one that matches the last exit's
     accuracy, and one halfway from there to the curve's end (more GFLOPs, later exits, no better)."""
     budgets = np.asarray(curve.budgets, dtype=np.float64)
-    match = summary["highlights"]["exact"].get("matches_last_exit_gflops") or float(budgets[-1])
+    match = summary["highlights"][curve.solver].get("matches_last_exit_gflops") or float(budgets[-1])
     hi = int(np.searchsorted(budgets, match * (1 + 1e-9)))
     hi = min(max(hi, 1), len(budgets) - 1)
     picks = list(np.linspace(0, hi, max(count - 1, 1)).round().astype(int)) + [(hi + len(budgets) - 1) // 2]
@@ -288,8 +288,7 @@ def main(argv=None) -> int:
         step4 = time.perf_counter()
         summary = load_summary(torch_dir / "summary.json")
         cfg = DVTConfig.from_dict(json.loads((torch_dir / run_files("torch")["config"]).read_text()))
-        thresholds = json.loads((torch_dir / "thresholds.json").read_text())
-        curve = ThresholdCurve.from_dict(thresholds["solvers"]["exact"]["curve"])
+        curve = ThresholdCurve.load(torch_dir)  # the run's default solver, as forward_adaptive users get it
         images, labels = test_images(cfg)
         test = load_exit_outputs(torch_dir / "test_outputs.npz")
         if not np.array_equal(test.labels, labels):

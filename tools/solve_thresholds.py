@@ -3,7 +3,7 @@
 
     python tools/solve_thresholds.py OUTPUTS.npz --out DIR
         [--test TEST.npz | --calib-fraction 0.5] [--seed 0]
-        [--solvers geometric,genetic,exact] [--criterion confidence|entropy|random]
+        [--solvers anchored,exact,genetic,geometric] [--criterion confidence|entropy|random]
         [--budgets geometric | grid:N | 1.0,1.5,2.0]
 
 OUTPUTS.npz holds per-exit logits, labels and cumulative GFLOPs (layout: common/thresholds/outputs.py,
@@ -11,11 +11,17 @@ written by both frameworks' evaluation scripts). Thresholds are solved on a cali
 reported on a test split: with --test, OUTPUTS.npz is all calibration and TEST.npz is the test split;
 otherwise OUTPUTS.npz is split by a seeded, stratified split (--calib-fraction, --seed).
 
-Budgets (average GFLOPs per image) for the genetic and exact solvers: "geometric" (default) = the costs
-the reference's geometric schedule reaches on calibration, so the three curves line up; "grid:N" = N
-evenly spaced budgets from the cost of exit 1 to the cost of the last exit; or a comma-separated list.
-The geometric schedule always gives its own 59 points. In the printed table every solver contributes
-its most accurate calibration point whose calibration cost fits the row's budget.
+Solvers (common/thresholds): "anchored" (default; the reference's geometric schedule, left only where the
+calibration split shows a significant gain; it generalises best, tools/bench_thresholds.py), "exact"
+(the most accurate thresholds on calibration), "genetic" (the paper's GA), "geometric" (the reference's
+schedule), "margin" (a spending tie-break of the grid optimum, for comparison). thresholds.json names the
+curve users get as "default_solver": anchored if solved, else the first listed.
+
+Budgets (average GFLOPs per image) for all but the geometric schedule: "geometric" (default) = the costs
+the reference's geometric schedule reaches on calibration, so the curves line up (anchored adds the last
+exit's cost); "grid:N" = N evenly spaced budgets from the cost of exit 1 to the cost of the last exit; or
+a comma-separated list. The geometric schedule always gives its own 59 points. In the printed table every
+solver contributes the point it applies at the row's budget (`ThresholdCurve.index_for_budget`).
 
 Writes into DIR (all files or none): thresholds.json (curves with thresholds per budget, calibration and
 test accuracy, GFLOPs, exit fractions), accuracy_vs_gflops.png (test split; calibration in
@@ -31,8 +37,8 @@ import sys
 import numpy as np
 
 from common.thresholds import CRITERIA, SOLVERS, ExitOutputs, calibration_test_split, load_exit_outputs
-from common.thresholds.pipeline import (RESULTS_FORMAT, THRESHOLD_FILES, ThresholdOptions, parse_outer,
-                                        parse_solvers, run_thresholds)
+from common.thresholds.pipeline import (DEFAULT_SOLVERS_TEXT, RESULTS_FORMAT, THRESHOLD_FILES, ThresholdOptions,
+                                        parse_outer, parse_solvers, run_thresholds)
 
 FILES = THRESHOLD_FILES
 __all__ = ["FILES", "RESULTS_FORMAT", "build_parser", "main", "run"]
@@ -51,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-fraction", type=float, default=None,
                    help="share of OUTPUTS used for calibration when --test is not given (default 0.5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the GA and random exit (default 0)")
-    p.add_argument("--solvers", default="geometric,genetic,exact",
-                   help=f"comma-separated subset of {','.join(SOLVERS)} (default: all)")
+    p.add_argument("--solvers", default=DEFAULT_SOLVERS_TEXT,
+                   help=f"comma-separated subset of {','.join(SOLVERS)} (default: {DEFAULT_SOLVERS_TEXT})")
     p.add_argument("--criterion", default="confidence", choices=CRITERIA)
     p.add_argument("--budgets", default="geometric",
                    help="'geometric' (default), 'grid:N', or comma-separated GFLOPs")

@@ -4,16 +4,19 @@ A curve is data, not code: per budget point it holds the thresholds (K values, l
 they achieved on the calibration split (accuracy, expected GFLOPs, fraction of samples leaving at each
 exit). `to_dict`/`from_dict` give plain JSON-able dicts (+/-inf written as the strings "inf"/"-inf"),
 so a curve can sit in a checkpoint next to the weights. At run time `thresholds_for_budget(gflops)`
-returns the most accurate point whose calibration cost fits the budget: the budget can change online
-without solving again.
+returns the most accurate point whose calibration cost fits the budget (or, for solvers that spend their
+budget, the point solved for the largest budget that fits): the budget can change online without solving
+again.
 
 For the "random" criterion the thresholds are those of the confidence criterion whose exit fractions the
 random policy copies; apply it with `fractions_for_budget` and `random_exit.random_exits`.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -25,6 +28,7 @@ from .scores import ExitScores, check_criterion
 
 CURVE_FORMAT = "dvt-threshold-curve"
 CURVE_VERSION = 1
+PREFERRED_SOLVERS = ("anchored", "exact")  # a results file without "default_solver" (older runs): first found
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,8 +90,10 @@ class ThresholdCurve:
         return self.gflops.shape[0]
 
     def index_for_budget(self, gflops: float) -> int:
-        """The point with the best calibration accuracy whose calibration cost fits `gflops`
-        (ties: the cheaper point). Raises ValueError when no point fits."""
+        """The point with the best calibration accuracy whose calibration cost fits `gflops` (ties: the
+        cheaper point); for a curve whose info says `"select": "largest_budget"` (a solver that spends its
+        budget, e.g. "anchored"), the fitting point solved for the largest budget (ties: the costlier).
+        Raises ValueError when no point fits."""
         budget = float(gflops)
         if not math.isfinite(budget):
             raise ValueError(f"budget must be a finite number of GFLOPs, got {gflops!r}")
@@ -96,7 +102,10 @@ class ThresholdCurve:
             cheapest = float(self.expected_gflops.min()) if self.num_points else float("nan")
             raise ValueError(f"no point of this {self.solver} curve fits a budget of {budget:.6g} GFLOPs "
                              f"(its cheapest point costs {cheapest:.6g} GFLOPs)")
-        order = np.lexsort((self.expected_gflops[fits], -self.accuracy[fits]))
+        if self.info.get("select") == "largest_budget":
+            order = np.lexsort((-self.expected_gflops[fits], -self.budgets[fits]))
+        else:
+            order = np.lexsort((self.expected_gflops[fits], -self.accuracy[fits]))
         return int(fits[order[0]])
 
     def thresholds_for_budget(self, gflops: float) -> np.ndarray:
@@ -143,6 +152,59 @@ class ThresholdCurve:
                    expected_gflops=np.asarray(data["expected_gflops"], dtype=np.float64),
                    exit_fractions=np.asarray(data["exit_fractions"], dtype=np.float64).reshape(-1, k),
                    info=dict(data.get("info", {})))
+
+
+    @classmethod
+    def load(cls, source, solver: str | None = None) -> "ThresholdCurve":
+        """The curve of a run: `source` is a run folder (its thresholds.json), a thresholds.json file, or an
+        already parsed results dict (thresholds.json, or a checkpoint's extras {"thresholds": {solver: curve},
+        "default_solver": ...}). `solver` None: the run's "default_solver", the one that generalises best."""
+        if isinstance(source, dict):
+            return curve_from_results(source, solver)
+        path = Path(source)
+        if path.is_dir():
+            path = path / "thresholds.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no thresholds at {source} (expected a run folder with thresholds.json, "
+                                    "or a thresholds.json file)")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: not a readable thresholds.json ({e})") from e
+        try:
+            return curve_from_results(data, solver)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+
+
+def curve_from_results(results: dict, solver: str | None = None) -> ThresholdCurve:
+    """One solver's curve from a thresholds.json dict or checkpoint extras (see `ThresholdCurve.load`)."""
+    if not isinstance(results, dict):
+        raise ValueError(f"threshold results are a dict, got {type(results).__name__}")
+    results = {k: _json_value(v) for k, v in results.items()}  # MindSpore checkpoints keep extras as JSON text
+    if isinstance(results.get("solvers"), dict):
+        curves = {n: s.get("curve") for n, s in results["solvers"].items() if isinstance(s, dict)}
+    elif isinstance(results.get("thresholds"), dict):
+        curves = dict(results["thresholds"])
+    else:
+        raise ValueError("no solved curves: expected a 'solvers' (thresholds.json) or 'thresholds' "
+                         "(checkpoint extras) mapping")
+    if not curves:
+        raise ValueError("the results hold no solved curve (single-exit model?)")
+    if solver is None:
+        solver = results.get("default_solver") or next((n for n in PREFERRED_SOLVERS if n in curves), next(iter(curves)))
+    if solver not in curves:
+        raise ValueError(f"no {solver!r} curve; the results hold {sorted(curves)}")
+    return ThresholdCurve.from_dict(curves[solver])
+
+
+def _json_value(v):
+    if isinstance(v, (str, bytes)):
+        try:
+            return json.loads(v)
+        except ValueError:
+            return v
+    return v
 
 
 def _encode(v: float):

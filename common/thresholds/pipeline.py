@@ -7,9 +7,11 @@ its thresholds, budget curves and plots the same way.
     result = run_thresholds(calib_outputs, test_outputs, "out/", ThresholdOptions(solvers=("exact",)))
 
 `result` is what `thresholds.json` holds (format "dvt-threshold-results", version 1): the split
-description, single-exit ("anytime") accuracy on both splits, the budgets, and per solver its curve
-(`ThresholdCurve.to_dict`, calibration numbers), solve time and the test-split accuracy, expected
-GFLOPs and exit counts/fractions of every point; plus a `table` aligning the solvers budget by budget.
+description, single-exit ("anytime") accuracy on both splits, the budgets, `default_solver` (the curve
+that `ThresholdCurve.load(run folder)` and so `forward_adaptive(x, curve, budget=...)` users get), and
+per solver its curve (`ThresholdCurve.to_dict`, calibration numbers), solve time and the test-split
+accuracy, expected GFLOPs and exit counts/fractions of every point; plus a `table` aligning the solvers
+budget by budget.
 Accuracies are fractions in [0, 1].
 """
 from __future__ import annotations
@@ -32,9 +34,11 @@ from .geometric import default_budgets
 from .outputs import ExitOutputs
 from .random_exit import evaluate_random_exit, random_exit_curve
 from .scores import CRITERIA, ExitScores
-from .solvers import SOLVERS, solve
+from .solvers import DEFAULT_SOLVER, SOLVERS, solve
 
 RESULTS_FORMAT = "dvt-threshold-results"
+DEFAULT_SOLVERS = (DEFAULT_SOLVER, "exact", "genetic", "geometric")  # what train.py / evaluate.py solve
+DEFAULT_SOLVERS_TEXT = ",".join(DEFAULT_SOLVERS)
 THRESHOLD_FILES = ("thresholds.json", "accuracy_vs_gflops.png", "accuracy_vs_gflops_calibration.png",
                    "exit_counts.png")
 
@@ -47,7 +51,7 @@ class ThresholdOptionError(ValueError):
 class ThresholdOptions:
     """What to solve: solvers, exit criterion, budgets ('geometric' | 'grid:N' | 'a,b,c'), GA and exact knobs."""
 
-    solvers: tuple[str, ...] = ("geometric", "genetic", "exact")
+    solvers: tuple[str, ...] = DEFAULT_SOLVERS
     criterion: str = "confidence"
     budgets: str = "geometric"
     seed: int = 0
@@ -99,6 +103,13 @@ def parse_outer(text: str) -> int | None:
     if value < 2:
         raise ThresholdOptionError(f"--exact-outer-candidates must be an integer >= 2 or 'all', got {text!r}")
     return value
+
+
+def default_solver_of(names) -> str:
+    """The curve a run's users get (`thresholds.json` "default_solver"): the project's default solver if it
+    was solved, else the first solver listed."""
+    names = list(names)
+    return DEFAULT_SOLVER if DEFAULT_SOLVER in names else names[0]
 
 
 def solve_all(calib: ExitScores, budgets, options: ThresholdOptions) -> dict[str, tuple[ThresholdCurve, float]]:
@@ -237,6 +248,7 @@ def run_thresholds(calib_out: ExitOutputs, test_out: ExitOutputs, out_dir,
         "accuracy_unit": "fraction", **split,
         "anytime_accuracy": {"calibration": single[1].tolist(), "test": single[2].tolist()},
         "budgets": [float(b) for b in budgets], "budgets_spec": options.budgets,
+        "default_solver": default_solver_of(curves),
         "solvers": {n: {"curve": c.to_dict(), "seconds": t,
                         "test": {"accuracy": [e.accuracy for e in tests[n]],
                                  "expected_gflops": [e.expected_gflops for e in tests[n]],

@@ -14,16 +14,21 @@ from __future__ import annotations
 
 from typing import Callable
 
+from .anchored import solve_anchored, solve_margin
 from .curve import ThresholdCurve
 from .exact import solve_exact
 from .genetic import solve_genetic
 from .geometric import solve_geometric
 from .scores import ExitScores
 
+DEFAULT_SOLVER = "anchored"  # the one that generalises best (tools/bench_thresholds.py, README)
+
 SOLVERS: dict[str, Callable[..., ThresholdCurve]] = {
     "geometric": solve_geometric,
     "genetic": solve_genetic,
     "exact": solve_exact,
+    "anchored": solve_anchored,
+    "margin": solve_margin,
 }
 
 
