@@ -10,24 +10,28 @@ safe-improvement rule, in the spirit of a one-sided paired test.
 Per budget b (GFLOPs per image):
 1. Anchor: the most expensive point of the geometric family whose calibration cost fits b. The family is
    the reference's exit fractions proportional to q^1..q^K for q = p / 20, p = 1..59, continued both ways
-   (q down to ~0: everyone at exit 1; q up to infinity: everyone at the last exit), so an anchor exists
-   for every valid budget and spends nearly all of it.
+   (q = 1/80 and 1/40; q up to ~1000) and closed by "everyone at exit 1" and "everyone at the last exit",
+   so an anchor exists for every valid budget; at the default budgets (the reference's own calibration
+   costs) it is the reference's point for that budget and spends all of it.
 2. Alternatives: every threshold set of the grid of `tables.ThresholdTables` whose calibration cost fits
    b. For each, the gain over the anchor in correct samples, G, and the number of samples the two
    classify differently (correct under one, wrong under the other), D: under "no real difference" G has
    mean 0 and standard deviation sqrt(D) (McNemar's paired comparison).
 3. Choose the set with the largest lower confidence bound G - z sqrt(D) (ties: the costlier). It replaces
    the anchor only if that bound is positive; z = 3 by default because the bound is maximised over
-   ~10^5 correlated sets (a one-shot z of 2 would be passed by noise; tools/bench_thresholds.py measures
-   it).
-4. Monotone: along increasing budgets, calibration cost and accuracy never decrease. A point that would
-   decrease them is replaced by the most expensive family point, or grid set passing step 3, that keeps
-   both; failing that, the previous point is repeated.
+   ~10^5 correlated sets (with z = 2 noise passes it: tools/bench_thresholds.py measures z = 2, 3, 4).
+   Since D >= |G|, no bound can be positive unless some G > z^2; such budgets skip step 2's table.
+4. Spending never decreases along increasing budgets (a set cheaper than the previous point is not
+   considered). Calibration accuracy may dip where the family dips by noise: forcing it up
+   (`monotone=True`) trades family points for worse ones and costs test accuracy (measured).
 
 The last exit's cost is always one of the budgets, so the curve always reaches the last exit's accuracy
-(at the latest by sending everyone there). At run time the curve picks, among the points whose
-calibration cost fits a budget, the one solved for the largest budget (`ThresholdCurve.index_for_budget`
-with `info["select"] == "largest_budget"`): it spends what it is given.
+at or below its cost (at the latest by sending everyone there). At run time the curve picks, among the
+points whose calibration cost fits a budget, the one solved for the largest budget
+(`ThresholdCurve.index_for_budget` with `info["select"] == "largest_budget"`): it spends what it is given.
+
+`solve_margin` is the other way to spend the budget that was tried (a tie-break within z paired standard
+deviations of the grid optimum, preferring the costliest set); it still fits calibration noise.
 """
 from __future__ import annotations
 
