@@ -104,13 +104,17 @@ def evaluate(args) -> dict:
                          f"{splits.num_classes} classes")
     net = EvalNet(model)
     logits = {}
-    for name, split in (("calib", splits.calib), ("test", splits.test)):
+    wanted = [("calib", splits.calib), ("test", splits.test)]
+    if args.calibrate_on == "train":  # the paper's thresholds: training images, no augmentation
+        wanted.append(("train", splits.train))
+    for name, split in wanted:
         batches = eval_batches(SplitSource(split, name), eval_transform(cfg), args.batch_size, args.workers)
         logits[name] = collect_logits(net, batches, args.batch_size)
     out.mkdir(parents=True, exist_ok=True)
     write_run_config(out, cfg, None, FRAMEWORK)
     epoch = _extra(raw, "epoch")
-    return finalize_run(out, cfg, calib=logits["calib"], test=logits["test"], framework=FRAMEWORK, mode="evaluate",
+    return finalize_run(out, cfg, calib=logits["calib"], test=logits["test"], train=logits.get("train"),
+                        framework=FRAMEWORK, mode="evaluate",
                         dataset=dataset_info(args.dataset, splits),
                         weights={"checkpoint": str(args.checkpoint), "ema": bool(args.use_ema),
                                  "epochs_completed": int(epoch) if isinstance(epoch, int) else None},

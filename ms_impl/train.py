@@ -216,7 +216,9 @@ def train(args, dist: DistInfo) -> int:
     if calib is None:  # nothing left to train after a resume
         calib = collect(calib_source)
     test = collect(SplitSource(splits.test, "test"))
-    summary = finalize_run(out, cfg, calib=calib, test=test, framework=FRAMEWORK, mode="train",
+    # the paper's thresholds: training images, no augmentation
+    train_outputs = collect(SplitSource(splits.train, "train")) if args.calibrate_on == "train" else None
+    summary = finalize_run(out, cfg, calib=calib, test=test, train=train_outputs, framework=FRAMEWORK, mode="train",
                            dataset=dataset_info(args.dataset, splits),
                            weights={"checkpoint": files["checkpoint"], "ema": opt.ema is not None,
                                     "epochs_completed": opt.num_epochs, "epochs": opt.num_epochs},

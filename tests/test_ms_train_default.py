@@ -67,7 +67,8 @@ def test_default_run_writes_everything_and_orders_the_exits(default_run):
         assert min(top1) > 5 * CHANCE, (split, top1)  # clearly better than chance at every exit
         assert top1[-1] >= max(top1[:-1]), (split, top1)  # the last exit is the best
     assert s["gflops"] == sorted(s["gflops"])
-    assert set(s["curve"]["solvers"]) == {"exact", "genetic", "geometric"}
+    assert set(s["curve"]["solvers"]) == {"anchored", "exact", "genetic", "geometric"}
+    assert s["thresholds"]["default_solver"] == "anchored" and s["thresholds"]["solved_on"] == "calib"
     assert max(s["curve"]["solvers"]["exact"]["accuracy"]) >= s["top1"]["test"][0]
     epochs = s["weights"]["epochs"]
     assert len((out / "log.csv").read_text().splitlines()) == epochs + 1

@@ -83,13 +83,17 @@ def evaluate(args) -> dict:
     autocast = autocast_for(device, args.amp)
     pin = device.type == "cuda"
     logits = {}
-    for name, split in (("calib", splits.calib), ("test", splits.test)):
+    wanted = [("calib", splits.calib), ("test", splits.test)]
+    if args.calibrate_on == "train":  # the paper's thresholds: training images, no augmentation
+        wanted.append(("train", splits.train))
+    for name, split in wanted:
         loader = eval_loader(SplitDataset(split, eval_transform(cfg), name), args.batch_size, args.workers, pin)
         logits[name] = collect_logits(model, loader, device, autocast)
     out.mkdir(parents=True, exist_ok=True)
     write_run_config(out, cfg, None, FRAMEWORK)
     epoch = raw.get("epoch") if isinstance(raw, dict) else None
-    return finalize_run(out, cfg, calib=logits["calib"], test=logits["test"], framework=FRAMEWORK, mode="evaluate",
+    return finalize_run(out, cfg, calib=logits["calib"], test=logits["test"], train=logits.get("train"),
+                        framework=FRAMEWORK, mode="evaluate",
                         dataset=dataset_info(args.dataset, splits),
                         weights={"checkpoint": str(args.checkpoint), "ema": bool(args.use_ema),
                                  "epochs_completed": int(epoch) if isinstance(epoch, int) else None},

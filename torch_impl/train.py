@@ -228,7 +228,12 @@ def train(args, dist: DistInfo) -> int:
     test_loader = eval_loader(SplitDataset(splits.test, eval_transform(cfg), "test"), args.eval_batch_size,
                               args.workers, pin)
     test = collect_logits(eval_model, test_loader, device, opt.autocast)
-    summary = finalize_run(out, cfg, calib=calib, test=test, framework=FRAMEWORK, mode="train",
+    train_outputs = None
+    if args.calibrate_on == "train":  # the paper's thresholds: training images, no augmentation
+        train_outputs = collect_logits(eval_model, eval_loader(SplitDataset(splits.train, eval_transform(cfg), "train"),
+                                                               args.eval_batch_size, args.workers, pin),
+                                       device, opt.autocast)
+    summary = finalize_run(out, cfg, calib=calib, test=test, train=train_outputs, framework=FRAMEWORK, mode="train",
                            dataset=dataset_info(args.dataset, splits),
                            weights={"checkpoint": files["checkpoint"], "ema": opt.ema is not None,
                                     "epochs_completed": opt.num_epochs, "epochs": opt.num_epochs},

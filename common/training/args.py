@@ -12,13 +12,16 @@ import os
 import yaml
 
 from common.registry import get_config
-from common.thresholds.pipeline import parse_solvers
+from common.thresholds.pipeline import DEFAULT_SOLVERS_TEXT, parse_solvers
 
 from .recipes import recipe_for
 
 DEFAULT_MODEL = "dvt_tiny_digits"
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
 DEVICES = {"torch": ("auto", "cpu", "cuda"), "mindspore": ("auto", "CPU", "GPU", "Ascend")}
+CALIBRATE_ON = ("calib", "train")
+CALIBRATE_ON_HELP = ("split the thresholds are solved on: the held-out calibration split, or the training split "
+                     "without augmentation (the paper's choice; also writes train_outputs.npz)")
 CPU_THREADS_HELP = ("MindSpore CPU kernel threads; 1 (default) makes CPU runs bitwise reproducible (multi-threaded "
                     "kernels sum in a thread-dependent order), 0 = MindSpore's own pool")
 
@@ -103,7 +106,10 @@ def build_train_parser(framework: str = "torch") -> argparse.ArgumentParser:
         g.add_argument("--cpu-threads", type=int, default=1, help=CPU_THREADS_HELP)
 
     g = p.add_argument_group("thresholds")
-    g.add_argument("--solvers", default="exact,genetic,geometric", help="threshold solvers to run at the end")
+    g.add_argument("--solvers", default=DEFAULT_SOLVERS_TEXT,
+                   help="threshold solvers to run at the end; thresholds.json's default_solver is the first of "
+                        "anchored or the first listed")
+    g.add_argument("--calibrate-on", choices=CALIBRATE_ON, default="calib", help=CALIBRATE_ON_HELP)
     return p
 
 
@@ -198,7 +204,8 @@ def build_eval_parser(framework: str = "torch") -> argparse.ArgumentParser:
         p.add_argument("--mode", choices=("graph", "pynative"), default="graph", help="MindSpore execution mode")
         p.add_argument("--cpu-threads", type=int, default=1, help=CPU_THREADS_HELP)
     p.add_argument("--output", default="outputs/eval", help="folder for outputs, thresholds, plots, summary")
-    p.add_argument("--solvers", default="exact,genetic,geometric", help="threshold solvers")
+    p.add_argument("--solvers", default=DEFAULT_SOLVERS_TEXT, help="threshold solvers")
+    p.add_argument("--calibrate-on", choices=CALIBRATE_ON, default="calib", help=CALIBRATE_ON_HELP)
     p.add_argument("--seed", type=int, default=42, help="seed of the genetic solver")
     return p
 

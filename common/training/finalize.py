@@ -1,11 +1,12 @@
 """The end of every training or evaluation run, in both frameworks: per-exit outputs -> files in --output.
 
     summary = finalize_run(out_dir, cfg, calib=(logits, labels), test=(logits, labels), framework="torch",
-                           mode="train", dataset={...}, weights={...}, solvers="exact,genetic,geometric")
+                           mode="train", dataset={...}, weights={...}, solvers="anchored,exact,genetic,geometric")
 
 writes `calib_outputs.npz` / `test_outputs.npz` (layout: common/thresholds/outputs.py), solves thresholds
-on the calibration split and reports them on the test split (`common.thresholds.pipeline`:
-thresholds.json and the plots; skipped for single-exit models), then `summary.json`
+on the calibration split (or, given `train=` outputs, on the training split, as the paper does; then also
+`train_outputs.npz`) and reports them on the test split (`common.thresholds.pipeline`: thresholds.json
+with its default solver, and the plots; skipped for single-exit models), then `summary.json`
 (`common.training.summary`). Logits are (K, N, C) arrays, labels (N,), in the order of the split.
 """
 from __future__ import annotations
@@ -18,18 +19,20 @@ from common.config import DVTConfig
 from common.flops import cumulative_gflops
 from common.thresholds import ExitOutputs
 from common.thresholds.outputs import write_exit_outputs
-from common.thresholds.pipeline import ThresholdOptions, parse_solvers, run_thresholds
+from common.thresholds.pipeline import DEFAULT_SOLVERS_TEXT, ThresholdOptions, parse_solvers, run_thresholds
 
 from .run_files import run_files
 from .summary import build_summary, write_summary
 
 
 def finalize_run(out_dir, cfg: DVTConfig, *, calib: tuple, test: tuple, framework: str, mode: str, dataset: dict,
-                 weights: dict, solvers: str = "exact,genetic,geometric", seed: int = 0,
-                 train_seconds: float | None = None, files: dict | None = None, verbose: bool = True) -> dict:
+                 weights: dict, solvers: str = DEFAULT_SOLVERS_TEXT, seed: int = 0,
+                 train_seconds: float | None = None, files: dict | None = None, verbose: bool = True,
+                 train: tuple | None = None) -> dict:
     """Write outputs, thresholds, plots and summary.json into `out_dir`; return the summary dict.
 
     `files` overrides entries of the summary's file list (e.g. files the run did not write set to None).
+    `train`: (logits, labels) of the training split without augmentation; thresholds are then solved on it.
     """
     start = time.perf_counter()
     out = Path(out_dir)
@@ -40,12 +43,18 @@ def finalize_run(out_dir, cfg: DVTConfig, *, calib: tuple, test: tuple, framewor
     test_out = ExitOutputs(test[0], test[1], gflops, cfg.name, "test")
     write_exit_outputs(out / names["calib_outputs"], calib_out)
     write_exit_outputs(out / names["test_outputs"], test_out)
+    solve_on, solve_split = calib_out, "calib"
+    if train is not None:
+        names["train_outputs"] = "train_outputs.npz"
+        solve_on, solve_split = ExitOutputs(train[0], train[1], gflops, cfg.name, "train"), "train"
+        write_exit_outputs(out / names["train_outputs"], solve_on)
     result = None
     if cfg.num_exits >= 2:
-        split = {"calibration": {"file": names["calib_outputs"], "split": "calib"},
+        split = {"calibration": {"file": names[f"{solve_split}_outputs"], "split": solve_split},
                  "test": {"file": names["test_outputs"], "split": "test"}}
-        result = run_thresholds(calib_out, test_out, out, ThresholdOptions(solvers=parse_solvers(solvers), seed=seed),
+        result = run_thresholds(solve_on, test_out, out, ThresholdOptions(solvers=parse_solvers(solvers), seed=seed),
                                 split=split, verbose=False)
+        result["solved_on"] = solve_split
     else:
         names["thresholds"], names["plots"] = None, []
     names.update(files or {})
@@ -60,13 +69,16 @@ def finalize_run(out_dir, cfg: DVTConfig, *, calib: tuple, test: tuple, framewor
 
 def checkpoint_extras(out_dir, summary: dict) -> dict:
     """What the final checkpoint carries beside the weights: the solved threshold curves
-    (`ThresholdCurve.to_dict` per solver, from thresholds.json; {} for single-exit models) and the
-    per-exit top-1 and cumulative GFLOPs of the summary."""
+    (`ThresholdCurve.to_dict` per solver, from thresholds.json; {} for single-exit models), which of them
+    is the default (`ThresholdCurve.load(extras)` picks it), and the per-exit top-1 and cumulative GFLOPs."""
     curves = {}
     if summary["files"].get("thresholds"):
         with open(Path(out_dir) / summary["files"]["thresholds"], encoding="utf-8") as fh:
-            curves = {n: s["curve"] for n, s in json.load(fh)["solvers"].items()}
-    return {"thresholds": curves, "top1": summary["top1"], "gflops": summary["gflops"]}
+            results = json.load(fh)
+        curves = {n: s["curve"] for n, s in results["solvers"].items()}
+        return {"thresholds": curves, "default_solver": results.get("default_solver"), "top1": summary["top1"],
+                "gflops": summary["gflops"]}
+    return {"thresholds": curves, "default_solver": None, "top1": summary["top1"], "gflops": summary["gflops"]}
 
 
 def format_summary(summary: dict) -> str:

@@ -29,7 +29,8 @@ def run_files(framework: str) -> dict:
     suffix = CHECKPOINT_SUFFIX[framework]
     return {"checkpoint": f"checkpoint{suffix}", "train_state": f"last_state{suffix}", "summary": "summary.json",
             "config": "config.json", "args": "args.yaml", "log": "log.csv", "calib_outputs": "calib_outputs.npz",
-            "test_outputs": "test_outputs.npz", "thresholds": "thresholds.json", "plots": list(PLOTS)}
+            "test_outputs": "test_outputs.npz", "train_outputs": None, "thresholds": "thresholds.json",
+            "plots": list(PLOTS)}  # train_outputs: "train_outputs.npz" when a run calibrates on the training split
 
 
 def args_to_dict(args: Namespace) -> dict:

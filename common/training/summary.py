@@ -19,7 +19,7 @@ lists indexed by exit are in exit order (coarsest token grid first).
       "gflops": [g_1, ..., g_K],                  # cumulative GFLOPs per image at each exit
       "top1": {"calib": [K], "test": [K]},         # each exit alone on the calibration / test split
       "thresholds": null | {                       # null for single-exit models
-          "criterion": "confidence", "solved_on": "calib",
+          "criterion": "confidence", "solved_on": "calib" | "train", "default_solver": "anchored",
           "solvers": {"<solver>": {"budgets": [B], "thresholds": [[K] x B],   # last -inf; "inf" closes an exit
                                    "calib_accuracy": [B], "calib_gflops": [B]}}},
       "curve": null | {                            # the thresholds applied to the test split
@@ -30,6 +30,7 @@ lists indexed by exit are in exit order (coarsest token grid first).
                                   "gflops_saving": float | null}},           # as accurate as the last exit
       "files": {"checkpoint": ..., "train_state": ... | null, "summary": "summary.json", "config": "config.json",
                 "args": "args.yaml" | null, "log": "log.csv" | null, "calib_outputs": ..., "test_outputs": ...,
+                "train_outputs": "train_outputs.npz" | null,   # only with --calibrate-on train
                 "thresholds": "thresholds.json" | null, "plots": [...]},
       "timing": {"train_seconds": float | null, "finalize_seconds": float},
       "created_utc": "2025-01-01T00:00:00Z"
@@ -90,7 +91,9 @@ def build_summary(*, framework: str, mode: str, cfg: DVTConfig, dataset: dict, w
     highlights = {}
     if threshold_result is not None:
         solvers = threshold_result["solvers"]
-        thresholds = {"criterion": threshold_result["criterion"], "solved_on": "calib",
+        thresholds = {"criterion": threshold_result["criterion"],
+                      "solved_on": threshold_result.get("solved_on", "calib"),
+                      "default_solver": threshold_result.get("default_solver"),
                       "solvers": {n: {"budgets": s["curve"]["budgets"], "thresholds": s["curve"]["thresholds"],
                                       "calib_accuracy": s["curve"]["accuracy"],
                                       "calib_gflops": s["curve"]["expected_gflops"]} for n, s in solvers.items()}}
