@@ -81,16 +81,15 @@ def _solve(rule: str, scores: ExitScores, budgets, z: float, grid_size, monotone
         prev = points[-1][1] if points else None
         ok = cells.feasible(limit, prev, monotone)
         if rule == "anchored":
-            base = family.anchor(limit, prev, monotone)
-            base = base if base is not None else points[-1]  # nothing keeps the curve monotone: stay
-            pick = cells.significant_gain(ok, base, z)
+            base, choose, label = family.anchor(limit, prev, monotone), cells.significant_gain, "anchor"
         else:
-            base = cells.best(ok)
-            base = base if base is not None else points[-1]
-            pick = cells.costliest_close(ok, base, z)
+            base, choose, label = cells.best(ok), cells.costliest_close, "optimum"
+        if base is None:  # nothing that fits keeps the curve monotone: stay at the previous point
+            base, label = points[-1], "repeat"
+        pick = choose(ok, base, z)
         if pick is None:
-            sources.append("anchor" if base is not (points[-1] if points else None) else "repeat")
             points.append(base)
+            sources.append(label)
         else:
             t = tables.thresholds(tables.cell(pick))
             points.append((t, evaluate_thresholds(scores, t)))
