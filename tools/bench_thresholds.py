@@ -60,7 +60,7 @@ def peak_memory(calib: ExitScores, budgets, name: str, seed: int) -> float:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--calib", type=int, default=50_000, help="calibration samples (default 50000)")
     p.add_argument("--test", type=int, default=50_000, help="test samples (default 50000)")
     p.add_argument("--exits", type=int, default=3)
