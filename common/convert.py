@@ -27,6 +27,7 @@ from .checkpoints import (EMA_KEYS, CheckpointMismatchError, MismatchReport, che
                           extract_state_dict)
 from .config import ConfigError, DVTConfig
 from .naming import FILE_NAMINGS, NAMINGS, Naming, NamingError, detect_naming, expected_shapes, name_map, rename
+from .readers import ST_DTYPES, as_float32_if_bf16, bf16_bits_to_float32, read_safetensors  # noqa: F401
 from .registry import get_config, list_models
 
 # ---- formats ---------------------------------------------------------------------------------------
@@ -91,58 +92,8 @@ def float32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(x), np.uint16(0x7FC0), rounded)
 
 
-def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
-    """bfloat16 bit patterns (uint16) -> float32, exact."""
-    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
-
-
-def as_float32_if_bf16(x: np.ndarray) -> np.ndarray:
-    """An array whose dtype is a bfloat16 extension type (ml_dtypes) -> float32 (exact); others unchanged."""
-    if x.dtype.name == "bfloat16":
-        return bf16_bits_to_float32(np.ascontiguousarray(x).view(np.uint16))
-    return x
-
-
-# ---- safetensors with numpy ----------------------------------------------------------------------------
-_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
-              "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
-
-
-def _read_safetensors_raw(path: Path) -> tuple[dict, dict]:
-    """Minimal reader (header + buffers) used for dtypes numpy lacks (BF16 -> float32, exact)."""
-    with open(path, "rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(size))
-        data = f.read()
-    meta = header.pop("__metadata__", None) or {}
-    out = {}
-    for name, info in header.items():
-        begin, end = info["data_offsets"]
-        raw = data[begin:end]
-        if info["dtype"] == "BF16":
-            arr = bf16_bits_to_float32(np.frombuffer(raw, dtype="<u2"))
-        elif info["dtype"] in _ST_DTYPES:
-            arr = np.frombuffer(raw, dtype=np.dtype(_ST_DTYPES[info["dtype"]]).newbyteorder("<")).copy()
-        else:
-            raise ConversionError(f"{path}: tensor {name} has dtype {info['dtype']}, which this reader lacks")
-        out[name] = arr.reshape(info["shape"])
-    return out, meta
-
-
-def read_safetensors(path) -> tuple[dict, dict]:
-    """(name -> numpy array, metadata dict). BF16 tensors come back as float32 (exact)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    from safetensors import safe_open
-    from safetensors.numpy import load_file
-    try:
-        with safe_open(str(path), "np") as f:
-            meta = dict(f.metadata() or {})
-        tensors = {k: as_float32_if_bf16(v) for k, v in load_file(str(path)).items()}
-    except (TypeError, ValueError, KeyError, AttributeError):  # a dtype numpy lacks (BF16)
-        tensors, meta = _read_safetensors_raw(path)
-    return tensors, meta
+# ---- safetensors with numpy: reading is common.readers.read_safetensors (validated, one error type) ----------
+_ST_DTYPES = {k: v for k, v in ST_DTYPES.items() if k != "BF16"}
 
 
 def write_safetensors(path, tensors: dict, metadata: dict, dtype: str = "fp32") -> Path:

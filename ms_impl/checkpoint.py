@@ -12,7 +12,6 @@ through the one table in `common.naming`, and a checkpoint that does not fit rai
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,10 +19,12 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor
 
+from common.atomic import atomic_path
 from common.checkpoints import (CheckpointMismatchError, MismatchReport, check_against_config,
                                 extract_state_dict, resolve_naming)
 from common.config import DVTConfig
 from common.naming import Naming, rename
+from common.readers import BadFileError, read_safetensors, require_file
 
 CKPT_SUFFIX = ".ckpt"
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -53,6 +54,22 @@ def _suffix_kind(path: Path) -> str:
                      f"{CKPT_SUFFIX}, {SAFETENSORS_SUFFIX} (convert torch files to .safetensors first)")
 
 
+CKPT_EXPECTED = "a MindSpore checkpoint (.ckpt, as mindspore.save_checkpoint writes)"
+
+
+def read_ckpt(path, expected: str = CKPT_EXPECTED) -> dict:
+    """name -> Parameter (plus saved strings) of a `.ckpt` file; `BadFileError` naming it if it does not load."""
+    path = require_file(path, expected)
+    try:
+        raw = dict(ms.load_checkpoint(str(path)))
+    except Exception as err:  # MindSpore raises ValueError / RuntimeError with its own wording
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise BadFileError(path, expected, f"it does not load ({type(err).__name__}: {first})") from None
+    if not raw:
+        raise BadFileError(path, expected, "it holds no entries")
+    return raw
+
+
 def read_checkpoint(path) -> dict:
     """The flat dict of a file: `.ckpt` -> name -> Parameter (plus saved strings), `.safetensors` -> numpy."""
     path = Path(path)
@@ -60,9 +77,8 @@ def read_checkpoint(path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     if kind == "ckpt":
-        return dict(ms.load_checkpoint(str(path)))
-    from safetensors.numpy import load_file
-    return load_file(str(path))
+        return read_ckpt(path)
+    return read_safetensors(path)[0]
 
 
 def _model_config(model) -> DVTConfig:
@@ -112,8 +128,8 @@ def named_parameters(model, naming: Naming = "canonical") -> dict:
 
 
 def save_checkpoint(model, path, *, naming: Naming | None = None, extras: dict | None = None) -> Path:
-    """Write all parameters (frozen ones included) and the config atomically: a temp file next to
-    `path`, then os.replace, so a crash never leaves a truncated checkpoint.
+    """Write all parameters (frozen ones included) and the config atomically and durably (`common.atomic`),
+    so a crash never leaves a truncated checkpoint.
 
     Default naming: 'mindspore' for `.ckpt` (what MindSpore's own tools expect), 'canonical' for
     `.safetensors` (the framework-neutral file torch_impl loads as is). The config (JSON) and `extras`
@@ -126,9 +142,8 @@ def save_checkpoint(model, path, *, naming: Naming | None = None, extras: dict |
     meta = {"naming": naming, "config": json.dumps(_model_config(model).to_dict())}
     meta.update({k: json.dumps(v) for k, v in (extras or {}).items()})
     path.parent.mkdir(parents=True, exist_ok=True)
-    # MindSpore appends .ckpt to names without it, so the temp name keeps the suffix.
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
-    try:
+    with atomic_path(path, SAFETENSORS_SUFFIX if kind == "safetensors" else CKPT_SUFFIX) as tmp:
+        # MindSpore appends .ckpt to names without it, so the temporary name keeps the suffix.
         if kind == "safetensors":
             from safetensors.numpy import save_file
             save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp),
@@ -136,10 +151,6 @@ def save_checkpoint(model, path, *, naming: Naming | None = None, extras: dict |
         else:
             ms.save_checkpoint([{"name": k, "data": Tensor(v)} for k, v in tensors.items()], str(tmp),
                                append_dict=meta)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -157,7 +168,6 @@ def save_state_dict(tensors: dict, path, *, metadata: dict, dtype: str = "fp32")
     """Write name -> numpy array as a MindSpore `.ckpt`, atomically; `metadata` (str -> str, e.g. the
     config JSON and the naming) goes into string entries beside the weights, as `save_checkpoint` does.
     `dtype` ('fp32' | 'fp16' | 'bf16') applies to floating tensors."""
-    from common.atomic import atomic_path
     target = {"fp32": ms.float32, "fp16": ms.float16, "bf16": ms.bfloat16}[dtype]
     entries = []
     for name, value in tensors.items():

@@ -30,9 +30,9 @@ import mindspore.dataset.vision as vision
 import numpy as np
 from mindspore.dataset.transforms import RandomChoice
 from mindspore.dataset.vision import AutoAugmentPolicy, Inter
-from PIL import Image, UnidentifiedImageError
 
 from common.config import DVTConfig
+from common.readers import BadFileError, read_image
 from common.training.splits import SplitData
 
 INTERPOLATION = {"bilinear": Inter.BILINEAR, "bicubic": Inter.BICUBIC, "nearest": Inter.NEAREST,
@@ -59,11 +59,10 @@ class SplitSource:
             return np.ascontiguousarray(np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img, dtype=np.uint8)
         path = self.split.paths[index]
         try:
-            with Image.open(path) as img:
-                return np.asarray(img.convert("RGB"), dtype=np.uint8)
-        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
-            raise ValueError(f"cannot read image {path!r} (sample {index} of the {self.name} split): expected a "
-                             f"decodable image file (JPEG, PNG, ...); {type(err).__name__}: {err}") from None
+            return np.asarray(read_image(path), dtype=np.uint8)
+        except BadFileError as err:
+            raise ValueError(f"cannot read image {path!r} (sample {index} of the {self.name} split): expected "
+                             f"{err.expected}; {err.problem}") from None
 
     def readers(self, workers: int) -> int:
         """Source threads: one for arrays (indexing is free), `workers` for files (PIL decodes outside the

@@ -58,6 +58,15 @@ class DistInfo:
                 _BARRIER = _AllReduce()
             _BARRIER(ms.Tensor(np.zeros(1, np.float32))).asnumpy()
 
+    def all_sum(self, value: float) -> float:
+        """The sum of `value` over all processes (the value itself on one process)."""
+        if not self.distributed:
+            return float(value)
+        global _BARRIER
+        if _BARRIER is None:
+            _BARRIER = _AllReduce()
+        return float(_BARRIER(ms.Tensor(np.array([value], np.float32))).asnumpy()[0])
+
     def close(self) -> None:
         if self.distributed and not self.scheduler:
             from mindspore.communication import release

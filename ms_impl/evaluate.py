@@ -30,7 +30,8 @@ from common.checkpoints import extract_state_dict, infer_configs
 from common.config import DVTConfig
 from common.registry import get_config, list_models
 from common.training import finalize_run, parse_eval_args, resolve_splits, write_run_config
-from common.training.splits import dataset_info, dataset_num_classes
+from common.training.output_folder import claim_eval_output
+from common.training.splits import check_split_images, dataset_info, dataset_num_classes
 from ms_impl.checkpoint import load_checkpoint, read_checkpoint
 from ms_impl.data import SplitSource, error_message, eval_batches, eval_transform
 from ms_impl.distributed import pick_device, set_cpu_threads
@@ -84,8 +85,7 @@ def load_model(args, cfg: DVTConfig) -> DVT:
     return model
 
 
-def evaluate(args) -> dict:
-    out = Path(args.output)
+def evaluate(args, out: Path) -> dict:
     device = pick_device(args.device)
     if args.amp and device == "CPU":
         raise ValueError("--amp: mixed precision needs --device Ascend or GPU; run without --amp on CPU")
@@ -102,6 +102,7 @@ def evaluate(args) -> dict:
     if cfg.num_classes < splits.num_classes:
         raise ValueError(f"{args.checkpoint}: the model has {cfg.num_classes}-class heads but {splits.source} has "
                          f"{splits.num_classes} classes")
+    check_split_images(splits)
     net = EvalNet(model)
     logits = {}
     wanted = [("calib", splits.calib), ("test", splits.test)]
@@ -110,7 +111,6 @@ def evaluate(args) -> dict:
     for name, split in wanted:
         batches = eval_batches(SplitSource(split, name), eval_transform(cfg), args.batch_size, args.workers)
         logits[name] = collect_logits(net, batches, args.batch_size)
-    out.mkdir(parents=True, exist_ok=True)
     write_run_config(out, cfg, None, FRAMEWORK)
     epoch = _extra(raw, "epoch")
     return finalize_run(out, cfg, calib=logits["calib"], test=logits["test"], train=logits.get("train"),
@@ -125,11 +125,12 @@ def evaluate(args) -> dict:
 def main(argv=None) -> int:
     args = parse_eval_args(argv, framework=FRAMEWORK)
     try:
-        evaluate(args)
+        with claim_eval_output(args, FRAMEWORK) as out:
+            evaluate(args, out)
     except (FileNotFoundError, ValueError, RuntimeError) as err:  # CheckpointMismatchError is a ValueError
         print(f"error: {error_message(err)}", file=sys.stderr)
         return 2
-    print(f"outputs in {args.output}")
+    print(f"outputs in {out}")
     return 0
 
 

@@ -45,7 +45,8 @@ from common.registry import get_config
 from common.training import (CSVLog, checkpoint_extras, epoch_row, finalize_run, format_epoch_line, parse_train_args,
                              resolve_resume, resolve_splits, run_files, write_run_config)
 from common.training.run_files import args_to_dict
-from common.training.splits import dataset_info, num_classes_for
+from common.training.output_folder import claim_train_output
+from common.training.splits import check_split_images, dataset_info, num_classes_for
 from common.training.schedule import check_schedule, lr_for_args, total_epochs
 from ms_impl.checkpoint import save_checkpoint
 from ms_impl.data import (SplitSource, TrainLoader, error_message, eval_batches, eval_transform, is_own_error,
@@ -147,13 +148,26 @@ def restore(path: str, model, opt: Optimisation) -> tuple[int, int, int]:
     return int(meta["epoch"]), int(meta["num_updates"]), int(meta["opt_step"])
 
 
-def train(args, dist: DistInfo) -> int:
-    out, files = Path(args.output), run_files(FRAMEWORK)
+def gather_problems(dist: DistInfo):
+    """The data checks' merge of every rank's problems: own list, plus a count of the others' (None on one process)."""
+    if not dist.distributed:
+        return None
+
+    def combine(problems: list[str]) -> list[str]:
+        others = int(round(dist.all_sum(len(problems)))) - len(problems)
+        return problems + [f"{others} more found by the other processes (see their logs)"] * bool(others)
+    return combine
+
+
+def train(args, dist: DistInfo, out: Path) -> int:
+    files = run_files(FRAMEWORK)
     started = time.perf_counter()
     check_args(args, dist.device)
     seed_everything(args.seed)  # same model initialisation on every rank
     img_size = args.img_size or get_config(args.model).img_size
     splits = resolve_splits(args.dataset, args.data_dir, img_size, args.calib_size)
+    check_split_images(splits, show_progress=dist.is_main, rank=dist.rank, world_size=dist.world_size,
+                       combine=gather_problems(dist))
     model = build_model(args, num_classes_for(args.num_classes, splits))
     cfg = model.config
     resume = resolve_resume(args.resume, out, FRAMEWORK)
@@ -176,7 +190,6 @@ def train(args, dist: DistInfo) -> int:
     eval_net = EvalNet(eval_model)
     log = None
     if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
         write_run_config(out, cfg, args, FRAMEWORK)
         log = CSVLog(out / files["log"], keep_epochs=start_epoch if resume else None)
         print(f"{cfg.name}: {sum(p.size for p in model.get_parameters()):,} parameters, {cfg.num_exits} exits; "
@@ -239,7 +252,8 @@ def main(argv=None) -> int:
     if dist.scheduler:  # msrun's scheduler process: the cluster has finished
         return 0
     try:
-        return train(args, dist)
+        with claim_train_output(args, FRAMEWORK, writer=dist.is_main) as out:
+            return train(args, dist, out)
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3

@@ -22,9 +22,12 @@ import numpy as np
 from mindspore import Tensor
 
 from common.atomic import atomic_path
+from common.readers import BadFileError
+from ms_impl.checkpoint import read_ckpt
 
 STATE_FORMAT = "dvt-mindspore-train-state"
 STATE_VERSION = 1
+EXPECTED = "a training state (last_state.ckpt) written by ms_impl/train.py"
 RNG_SCHEME = "per-epoch seeds: (seed, epoch, rank)"
 
 
@@ -53,20 +56,19 @@ def save_train_state(path, *, model, optimizer, ema=None, loss_scaler=None, epoc
 def load_train_state(path) -> dict:
     """{'meta': dict, 'model' / 'optimizer' / 'ema' / 'amp': name -> numpy}; a clear error for anything else."""
     path = Path(path)
-    try:
-        raw = ms.load_checkpoint(str(path))
-    except Exception as err:  # truncated, not a MindSpore checkpoint, ...
-        raise ValueError(f"--resume {path}: not a readable training state ({type(err).__name__}: {err})") from None
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume {path}: no such file")
+    raw = read_ckpt(path, EXPECTED)
     meta = raw.get("meta")
     try:
         meta = json.loads(meta) if isinstance(meta, str) else None
     except ValueError:
         meta = None
     if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
-        raise ValueError(f"--resume {path}: not a training state written by ms_impl/train.py (a weights file? "
-                         "start from weights with --initial-checkpoint instead)")
+        raise BadFileError(path, EXPECTED, "it is not a training state (a weights file? start from weights with "
+                                           "--initial-checkpoint instead)")
     if int(meta.get("version", 0)) > STATE_VERSION:
-        raise ValueError(f"--resume {path}: state version {meta['version']} is newer than this code ({STATE_VERSION})")
+        raise BadFileError(path, EXPECTED, f"its version {meta['version']} is newer than this code ({STATE_VERSION})")
     state = {"meta": meta, "model": {}, "optimizer": {}, "ema": {}, "amp": {}}
     for name, value in raw.items():
         prefix, _, rest = name.partition(".")

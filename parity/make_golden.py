@@ -118,7 +118,7 @@ def check(out_dir: Path) -> list[str]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--check", action="store_true", help="compare with the stored files instead of writing")
     p.add_argument("--out", type=Path, default=paritylib.GOLDEN_DIR)
     args = p.parse_args(argv)

@@ -56,7 +56,7 @@ def test_cifar_errors_name_what_was_expected(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no CIFAR-100 python folder.*cifar-100-python"):
         load_cifar(str(tmp_path), 100)
     _write_cifar10(str(tmp_path), corrupt="data_batch_3")
-    with pytest.raises(ValueError, match="corrupt CIFAR-10 batch file .*data_batch_3"):
+    with pytest.raises(ValueError, match="data_batch_3: expected a CIFAR python batch"):
         load_cifar(str(tmp_path), 10, "train")
 
 

@@ -34,8 +34,9 @@ def test_precedence_recipe_then_yaml_then_flags(tmp_path):
 def test_bad_arguments_are_clear(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("epoch: 3\n")
-    with pytest.raises(SystemExit, match="unknown key 'epoch'"):
+    with pytest.raises(SystemExit) as exit_info:
         parse_train_args(["--config", str(bad)])
+    assert exit_info.value.code == 2 and "unknown key 'epoch'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse_train_args(["--model", "dvt_tiny_t2t", "--exit-weights", "1,1"])
     assert "--exit-weights needs 3 values" in capsys.readouterr().err

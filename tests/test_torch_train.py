@@ -110,8 +110,9 @@ def _image_folder(root, classes=("a", "b"), per_class=12, corrupt=None):
             for i in range(n):
                 img = rng.integers(0, 60, size=(40, 36, 3), dtype=np.uint8) + 150 * c
                 Image.fromarray(img.astype(np.uint8)).save(d / f"{i}.png")
-    if corrupt:
-        (root / "train" / classes[0] / corrupt).write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    if corrupt:  # a readable header (the data check passes it), a truncated body: only decoding finds it
+        whole = (root / "train" / classes[0] / "0.png").read_bytes()
+        (root / "train" / classes[0] / corrupt).write_bytes(whole[:len(whole) // 2])
     return root
 
 
@@ -128,7 +129,7 @@ def test_imagefolder_with_transfer_from_a_ten_class_checkpoint(tmp_path, capsys)
     assert s["num_classes"] == 2 and s["dataset"]["sizes"] == {"train": 18, "calib": 6, "test": 8}
 
 
-def test_corrupt_image_names_the_file(tmp_path, capsys):
+def test_truncated_image_names_the_file(tmp_path, capsys):
     data = _image_folder(tmp_path / "data", corrupt="broken.png")
     code = train.main(FAST + ["--dataset", "imagefolder", "--data-dir", str(data), "--calib-size", "6",
                               "--batch-size", "1", "--max-steps-per-epoch", "100", "--epochs", "1",

@@ -60,6 +60,10 @@ from common.flops import cumulative_gflops  # noqa: E402
 DEFAULT_MIXTURES = {2: ("0.6/0.4",), 3: ("0.6/0.25/0.15",), 4: ("0.5/0.25/0.15/0.1",)}
 
 
+class CheckpointProblem(Exception):
+    """A --checkpoint that does not load into the model (reported with exit status 2)."""
+
+
 # ---- frameworks --------------------------------------------------------------------------------
 class TorchBackend:
     name = "torch"
@@ -189,7 +193,12 @@ def bench_model(backend, name: str, batch: int, mixtures, args, log) -> tuple[Ru
     k_exits = cascade_cfg.num_exits
     statics = [static_config(cascade_cfg, k) for k in range(k_exits)]
     finest = statics[-1]
-    cascade = backend.build(cascade_cfg, args.seed, args.checkpoint)
+    try:
+        cascade = backend.build(cascade_cfg, args.seed, args.checkpoint)
+    except (ValueError, FileNotFoundError) as err:  # BadFileError, CheckpointMismatchError, wrong format
+        if not args.checkpoint:
+            raise
+        raise CheckpointProblem(f"--checkpoint {args.checkpoint}: {err}") from None
     static_models = {cfg.name: backend.build(cfg, args.seed) for cfg in statics}
     x = backend.images(cascade_cfg, batch, args.seed + 1)
     gflops = cumulative_gflops(cascade_cfg)
@@ -258,7 +267,7 @@ def print_run(run: RunResult, cascade_cfg, static_cfg) -> None:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--framework", default="torch,mindspore", help="comma-separated: torch, mindspore")
     p.add_argument("--device", default="cpu", help="cpu | cuda | Ascend (MindSpore: cpu / gpu / ascend)")
     p.add_argument("--models", default="dvt_t2t_vit_12,dvt_t2t_vit_14", help="comma-separated cascade names")
@@ -267,7 +276,8 @@ def parse_args(argv=None):
                    help="comma-separated exit fractions, e.g. 0.6/0.25/0.15 (default per exit count); "
                         "0/../1 (all to the last exit) is always added")
     p.add_argument("--kernels", default="fast,default",
-                   help="adaptive variants: fast (fused attention, matmul relation reuse), default, or both")
+                   help="adaptive variants: fast (fused attention, matmul relation reuse), default, or both "
+                        "(= fast,default)")
     p.add_argument("--criterion", default="confidence", choices=("confidence", "entropy"))
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeat", type=int, default=5)
@@ -283,24 +293,43 @@ def parse_args(argv=None):
     if unknown:
         p.error(f"unknown framework(s) {unknown}; choose from {sorted(BACKENDS)}")
     args.model_names = [m.strip() for m in args.models.split(",") if m.strip()]
-    args.batches = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
-    if any(b < 1 for b in args.batches):
+    if not args.model_names:
+        p.error("--models names no model")
+    try:
+        args.batches = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    except ValueError:
+        p.error(f"--batch-sizes takes comma-separated integers, got {args.batch_sizes!r}")
+    if not args.batches or any(b < 1 for b in args.batches):
         p.error("batch sizes must be >= 1")
     variants = {v.strip() for v in args.kernels.split(",") if v.strip()}
+    if "both" in variants:
+        variants = (variants - {"both"}) | {"fast", "default"}
     if not variants or variants - {"fast", "default"}:
-        p.error("--kernels takes fast, default or both")
+        p.error(f"--kernels takes fast, default or both (fast,default), got {args.kernels!r}")
     args.fast_variants = [v == "fast" for v in ("fast", "default") if v in variants]
+    if args.warmup < 0 or args.repeat < 1:
+        p.error("--warmup must be >= 0 and --repeat >= 1")
     if args.checkpoint and len(args.model_names) != 1:
         p.error("--checkpoint needs exactly one model in --models")
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        p.error(f"--checkpoint {args.checkpoint!r}: no such file")
+    args.mixture_lists = {}
+    for name in args.model_names:
+        try:
+            k_exits = get_config(name).num_exits
+            args.mixture_lists[name] = mixtures_for(k_exits, args.mixtures)
+        except ValueError as err:  # unknown model (with suggestions), bad mixture
+            p.error(str(err))
     return args
 
 
 def mixtures_for(k_exits: int, spec: str | None) -> list[tuple[float, ...]]:
+    """The exit mixtures to time (ValueError for malformed ones), plus 0/../1 (every image to the last exit)."""
     texts = spec.split(",") if spec else DEFAULT_MIXTURES.get(k_exits, ())
     mixtures = [parse_mixture(t) for t in texts if t.strip()]
     bad = [mixture_label(m) for m in mixtures if len(m) != k_exits]
     if bad:
-        raise SystemExit(f"mixtures {bad} do not have {k_exits} fractions (one per exit)")
+        raise ValueError(f"--mixtures {bad} do not have {k_exits} fractions (one per exit)")
     all_last = tuple([0.0] * (k_exits - 1) + [1.0])
     return mixtures + ([all_last] if all_last not in mixtures else [])
 
@@ -312,10 +341,14 @@ def main(argv=None) -> int:
     for fw in args.frameworks:
         backend = BACKENDS[fw](args.device, args.threads, args.amp, args.ms_mode)
         for name in args.model_names:
-            mixtures = mixtures_for(get_config(name).num_exits, args.mixtures)
+            mixtures = args.mixture_lists[name]
             for batch in args.batches:
                 log(f"[{fw}] {name} batch {batch}")
-                run, cascade_cfg, static_cfg = bench_model(backend, name, batch, mixtures, args, log)
+                try:
+                    run, cascade_cfg, static_cfg = bench_model(backend, name, batch, mixtures, args, log)
+                except CheckpointProblem as err:  # a --checkpoint that does not load or fit
+                    print(f"error: {err}", file=sys.stderr)
+                    return 2
                 print_run(run, cascade_cfg, static_cfg)
                 results.append((run, cascade_cfg, static_cfg))
                 meta = dict(command=" ".join(["tools/benchmark.py"] + list(argv if argv is not None else sys.argv[1:])),

@@ -54,7 +54,7 @@ EXIT_ERROR = 2
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="convert_weights.py", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1], allow_abbrev=False)
     p.add_argument("src", type=Path, help="source checkpoint (.pth/.pth.tar/.pt, .ckpt, .safetensors)")
     p.add_argument("dst", type=Path, help="output file; its suffix chooses the format")
     p.add_argument("--model", help="registered config name (default: inferred from the tensors)")
@@ -75,12 +75,10 @@ def read_source(path: Path, fmt: str, trust_pickle: bool = False):
         tensors, meta = read_safetensors(path)
         return tensors, meta, None
     if fmt == "torch":
-        from torch_impl.checkpoint import read_checkpoint, tensor_to_numpy
+        from torch_impl.checkpoint import UntrustedPickleError, read_checkpoint, tensor_to_numpy
         try:
             return read_checkpoint(path, weights_only=not trust_pickle), {}, tensor_to_numpy
-        except ValueError as err:
-            if "weights_only" not in str(err):
-                raise
+        except UntrustedPickleError as err:
             raise ConversionError(f"{err}\n(for a file you trust, pass --trust-pickle)") from None
     from ms_impl.checkpoint import parameter_to_numpy, read_checkpoint
     return read_checkpoint(path), {}, parameter_to_numpy

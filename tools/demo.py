@@ -12,8 +12,10 @@
    with the offline rule, and each setting is timed against the static backbone at the finest grid;
 5. prints one table and writes `demo.json` / `demo.md` (atomically) next to the plots.
 
-A run that dies is picked up where it stopped: training resumes from its last epoch (`--resume auto`).
-Exit status 1 when the frameworks disagree, 2 on a failed step.
+A second demo in the same --output reuses the finished training (`--resume auto` only re-evaluates it; one that
+died continues from its last epoch), and replaces only the demo's own MindSpore evaluation (`--force`), table
+and plots, saying so; `--fresh` trains again, replacing the demo's training run. Exit status 1 when the
+frameworks disagree, 2 on a failed step.
 """
 from __future__ import annotations
 
@@ -256,8 +258,10 @@ def format_report(cfg: DVTConfig, evals: dict, rows: list, static_gflops: float,
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--output", default="outputs/demo", help="folder for the runs, the table and the plots")
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    p.add_argument("--output", default="outputs/demo",
+                   help="folder for the runs, the table and the plots; a second demo reuses its training and "
+                        "replaces its own evaluation, table and plots there (nothing else)")
     p.add_argument("--fresh", action="store_true", help="train from scratch even if a finished run is there")
     p.add_argument("--budgets", type=int, default=3, help="how many budgets of the threshold curve to run")
     p.add_argument("--repeat", type=int, default=2, help="timed rounds per setting (medians)")
@@ -273,15 +277,23 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     try:
         train = [py, ROOT / "torch_impl" / "train.py", "--output", torch_dir] + args.train_args.split()
+        previous = torch_dir.is_dir() and any(torch_dir.iterdir())
         if (torch_dir / run_files("torch")["train_state"]).is_file() and not args.fresh:
             train += ["--resume", "auto"]  # a finished run only re-evaluates; an interrupted one continues
+            print(f"reusing the previous demo's training in {torch_dir} (--fresh trains again)", flush=True)
+        elif previous:
+            train += ["--force"]
+            print(f"replacing the previous demo's training in {torch_dir}", flush=True)
         run_step("1/5 train the default DVT in PyTorch", train)
         ckpt = ms_dir / "checkpoint.ckpt"
         ms_dir.mkdir(parents=True, exist_ok=True)
         run_step("2/5 convert the checkpoint to MindSpore",
                  [py, ROOT / "tools" / "convert_weights.py", torch_dir / "checkpoint.pth", ckpt, "--force"])
-        run_step("3/5 evaluate the converted checkpoint in MindSpore",
-                 [py, ROOT / "ms_impl" / "evaluate.py", "--checkpoint", ckpt, "--output", ms_dir])
+        evaluate = [py, ROOT / "ms_impl" / "evaluate.py", "--checkpoint", ckpt, "--output", ms_dir]
+        if (ms_dir / run_files("mindspore")["summary"]).is_file():
+            evaluate.append("--force")
+            print(f"replacing the previous demo's MindSpore evaluation in {ms_dir}", flush=True)
+        run_step("3/5 evaluate the converted checkpoint in MindSpore", evaluate)
         evals = compare_evaluations(torch_dir, ms_dir)
 
         print("\n=== 4/5 early exit in both frameworks", flush=True)

@@ -108,7 +108,7 @@ def update_readme(path: str, table: str, check: bool) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--model", action="append", help="registered model name (repeatable); default: all")
     p.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     p.add_argument("--fvcore", action="store_true", help="cross-check with fvcore on the PyTorch model")

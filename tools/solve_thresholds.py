@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Choose early-exit thresholds from stored per-exit outputs and report budgeted accuracy.
 
-    python tools/solve_thresholds.py OUTPUTS.npz --out DIR
+    python tools/solve_thresholds.py OUTPUTS.npz [--out DIR] [--force]
         [--test TEST.npz | --calib-fraction 0.5] [--seed 0]
         [--solvers anchored,exact,genetic,geometric] [--criterion confidence|entropy|random]
         [--budgets geometric | grid:N | 1.0,1.5,2.0]
@@ -23,11 +23,13 @@ exit's cost); "grid:N" = N evenly spaced budgets from the cost of exit 1 to the 
 a comma-separated list. The geometric schedule always gives its own 59 points. In the printed table every
 solver contributes the point it applies at the row's budget (`ThresholdCurve.index_for_budget`).
 
-Writes into DIR (all files or none): thresholds.json (curves with thresholds per budget, calibration and
+Writes into DIR (default: a new outputs/thresholds/<date>-<time>-<OUTPUTS name>; all files or none): thresholds.json (curves with thresholds per budget, calibration and
 test accuracy, GFLOPs, exit fractions), accuracy_vs_gflops.png (test split; calibration in
 accuracy_vs_gflops_calibration.png) with the single-exit points, and exit_counts.png (samples leaving
 at each exit per budget on the test split, paper Fig. 10). "random" solves thresholds on confidence and
-evaluates random exit with the same exit proportions (paper Table 9).
+evaluates random exit with the same exit proportions (paper Table 9). DIR must not be a training run's or an
+evaluation's folder (their summary.json describes the thresholds there); a previous solve's files in DIR are
+replaced only with --force.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ import numpy as np
 from common.thresholds import CRITERIA, SOLVERS, ExitOutputs, calibration_test_split, load_exit_outputs
 from common.thresholds.pipeline import (DEFAULT_SOLVERS_TEXT, RESULTS_FORMAT, THRESHOLD_FILES, ThresholdOptions,
                                         parse_outer, parse_solvers, run_thresholds)
+from common.training.output_folder import claim_thresholds_output
 
 FILES = THRESHOLD_FILES
 __all__ = ["FILES", "RESULTS_FORMAT", "build_parser", "main", "run"]
@@ -50,9 +53,11 @@ class UsageError(ValueError):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("outputs", help="per-exit outputs .npz (calibration, or to be split)")
-    p.add_argument("--out", required=True, help="output directory (created if missing)")
+    p.add_argument("--out", default=None,
+                   help="output directory (default: a new outputs/thresholds/<date>-<time>-<name>); never a run's folder")
+    p.add_argument("--force", action="store_true", help="replace the files of a previous solve in --out")
     p.add_argument("--test", help="separate test-split .npz; then all of OUTPUTS is calibration")
     p.add_argument("--calib-fraction", type=float, default=None,
                    help="share of OUTPUTS used for calibration when --test is not given (default 0.5)")
@@ -97,18 +102,19 @@ def load_splits(args) -> tuple[ExitOutputs, ExitOutputs, dict]:
     return outputs.subset(calib_idx, "calibration"), outputs.subset(test_idx, "test"), split
 
 
-def run(args) -> dict:
+def run(args, out=None) -> dict:
     options = ThresholdOptions(solvers=parse_solvers(args.solvers), criterion=args.criterion, budgets=args.budgets,
                                seed=args.seed, ga_population=args.ga_population, ga_generations=args.ga_generations,
                                exact_outer_candidates=parse_outer(args.exact_outer_candidates))
     calib_out, test_out, split = load_splits(args)
-    return run_thresholds(calib_out, test_out, args.out, options, split=split)
+    return run_thresholds(calib_out, test_out, args.out if out is None else out, options, split=split)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        run(args)
+        with claim_thresholds_output(args) as out:
+            run(args, out)
     except (ValueError, FileNotFoundError) as e:  # ExitOutputsError, UsageError, ThresholdOptionError
         print(f"error: {e}", file=sys.stderr)
         return 2

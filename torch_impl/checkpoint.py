@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.atomic import atomic_path, atomic_write
 from common.checkpoints import (CheckpointMismatchError, MismatchReport, check_against_config,
                                 extract_state_dict, resolve_naming)
 from common.config import DVTConfig
 from common.naming import Naming, rename
+from common.readers import ST_EXPECTED, BadFileError, check_safetensors, require_file
 
 TORCH_SUFFIXES = (".pth", ".pt", ".pth.tar", ".tar", ".bin")
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -69,19 +70,32 @@ def _read_ckpt(path: Path) -> dict:
     except ImportError as err:
         raise ValueError(f"{path}: reading a MindSpore .ckpt needs MindSpore; convert it to .safetensors with "
                          "tools/convert_weights.py where MindSpore is installed") from err
+    expected = "a MindSpore checkpoint (.ckpt, as mindspore.save_checkpoint writes)"
+    require_file(path, expected)
+    try:
+        raw = ms.load_checkpoint(str(path))
+    except Exception as err:  # MindSpore raises ValueError / RuntimeError with its own wording
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise BadFileError(path, expected, f"it does not load ({type(err).__name__}: {first})") from None
     out = {}
-    for name, value in ms.load_checkpoint(str(path)).items():
+    for name, value in raw.items():
         if isinstance(value, ms.Tensor):
             value = (value.astype(ms.float32) if value.dtype == ms.bfloat16 else value).asnumpy()
         out[name] = value
     return out
 
 
-def _numpy_globals(path: Path) -> list | None:
+TORCH_EXPECTED = "a PyTorch checkpoint (a torch.save archive or pickle)"
+
+
+class UntrustedPickleError(BadFileError):
+    """A torch pickle that needs more than tensors, containers and numpy values to load (weights_only refused)."""
+
+
+def _numpy_globals(path: Path, names: list[str]) -> list | None:
     """The numpy globals a pickle needs (reference containers store numpy extras such as `flops`),
     or None if it needs anything else. numpy's dtype classes are not listed by torch's scan, so all
     of them are allowed along with the names it reports."""
-    names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
     if not names or not all(n.startswith("numpy.") for n in names):
         return None
     out = []
@@ -94,8 +108,27 @@ def _numpy_globals(path: Path) -> list | None:
     return out
 
 
+def _load_weights_only(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        try:
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except Exception:  # not a torch.save file at all
+            raise err from None
+        allowed = _numpy_globals(path, names)
+        if allowed is None:
+            if not names:
+                raise
+            raise UntrustedPickleError(
+                path, TORCH_EXPECTED + " holding tensors, python containers and numpy values only",
+                f"its pickle needs {names}; if you trust this file, load it with weights_only=False") from None
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_checkpoint(path, weights_only: bool = True):
-    """Load the raw checkpoint object on CPU.
+    """Load the raw checkpoint object on CPU; a file that does not load raises `BadFileError` naming it.
 
     With `weights_only` (default) pickles may hold tensors, python containers and numpy values
     only; pass `weights_only=False` for a trusted file that needs more.
@@ -105,23 +138,24 @@ def read_checkpoint(path, weights_only: bool = True):
         raise FileNotFoundError(f"no checkpoint at {path}")
     kind = _suffix_kind(path)
     if kind == "safetensors":
+        check_safetensors(path)
         from safetensors.torch import load_file
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as err:  # SafetensorError is no ValueError
+            raise BadFileError(path, ST_EXPECTED, f"it does not load ({type(err).__name__}: {err})") from None
     if kind == "ckpt":
         return _read_ckpt(path)
-    if not weights_only:
-        return torch.load(path, map_location="cpu", weights_only=False)
+    require_file(path, TORCH_EXPECTED)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        allowed = _numpy_globals(path)
-        if allowed is None:
-            raise ValueError(
-                f"{path}: the pickle needs globals beyond tensors, python containers and numpy "
-                f"({torch.serialization.get_unsafe_globals_in_checkpoint(str(path))}); if you trust "
-                "this file, load it with weights_only=False") from err
-        with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        if not weights_only:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        return _load_weights_only(path)
+    except BadFileError:
+        raise
+    except Exception as err:  # EOFError, RuntimeError (zip), UnpicklingError, MemoryError, ...
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise BadFileError(path, TORCH_EXPECTED, f"it does not load ({type(err).__name__}: {first})") from None
 
 
 def _to_tensor(value) -> torch.Tensor:
@@ -176,7 +210,7 @@ def named_state_dict(model, naming: Naming = "canonical") -> dict:
 
 
 def save_checkpoint(model, path, *, naming: Naming = "canonical", extras: dict | None = None) -> Path:
-    """Write the weights (and the config) atomically: a temp file next to `path`, then os.replace.
+    """Write the weights (and the config) atomically and durably (`common.atomic`).
 
     `.safetensors` stores the config as JSON metadata; torch formats write
     `{'state_dict': ..., 'config': ..., 'naming': ..., **extras}`.
@@ -189,19 +223,15 @@ def save_checkpoint(model, path, *, naming: Naming = "canonical", extras: dict |
     tensors = named_state_dict(model, naming)
     config = model.config.to_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        if kind == "safetensors":
-            from safetensors.torch import save_file
-            meta = {"format": "pt", "naming": naming, "config": json.dumps(config)}
-            meta.update({k: json.dumps(v) for k, v in (extras or {}).items()})
+    if kind == "safetensors":
+        from safetensors.torch import save_file
+        meta = {"format": "pt", "naming": naming, "config": json.dumps(config)}
+        meta.update({k: json.dumps(v) for k, v in (extras or {}).items()})
+        with atomic_path(path, SAFETENSORS_SUFFIX) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
-        else:
-            torch.save({"state_dict": tensors, "config": config, "naming": naming, **(extras or {})}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    else:
+        state = {"state_dict": tensors, "config": config, "naming": naming, **(extras or {})}
+        atomic_write(path, lambda f: torch.save(state, f))
     return path
 
 
@@ -222,7 +252,6 @@ def save_state_dict(tensors: dict, path, *, config: dict, naming: Naming = "cano
     names under `model_state_dict` (the released DVT files' container); `config` and `naming` go beside
     them. `dtype` ('fp32' | 'fp16' | 'bf16') applies to floating tensors.
     """
-    from common.atomic import atomic_path
     target = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     state = {}
     for name, value in tensors.items():
@@ -230,6 +259,6 @@ def save_state_dict(tensors: dict, path, *, config: dict, naming: Naming = "cano
         state[name] = t.to(target) if t.is_floating_point() else t
     key = "model_state_dict" if naming == "reference" else "state_dict"
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save({key: state, "config": config, "naming": naming, **(extras or {})}, tmp)
+    container = {key: state, "config": config, "naming": naming, **(extras or {})}
+    atomic_write(path, lambda f: torch.save(container, f))
     return path

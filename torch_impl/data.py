@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from timm.data import create_transform
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from common.config import DVTConfig
+from common.readers import BadFileError, read_image
 from common.training.splits import SplitData
 
 
@@ -37,11 +38,10 @@ class SplitDataset(Dataset):
             return Image.fromarray(self.split.images[index]).convert("RGB")
         path = self.split.paths[index]
         try:
-            with Image.open(path) as img:
-                return img.convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
-            raise ValueError(f"cannot read image {path!r} (sample {index} of the {self.name} split): expected a "
-                             f"decodable image file (JPEG, PNG, ...); {type(err).__name__}: {err}") from None
+            return read_image(path)
+        except BadFileError as err:
+            raise ValueError(f"cannot read image {path!r} (sample {index} of the {self.name} split): expected "
+                             f"{err.expected}; {err.problem}") from None
 
     def __getitem__(self, index: int):
         return self.transform(self.load(index)), int(self.split.labels[index])

@@ -27,7 +27,8 @@ from common.checkpoints import extract_state_dict, infer_configs
 from common.config import DVTConfig
 from common.registry import get_config, list_models
 from common.training import finalize_run, parse_eval_args, resolve_splits, write_run_config
-from common.training.splits import dataset_info, dataset_num_classes
+from common.training.output_folder import claim_eval_output
+from common.training.splits import check_split_images, dataset_info, dataset_num_classes
 from torch_impl.checkpoint import canonical_state_dict, read_checkpoint, validate
 from torch_impl.data import SplitDataset, error_message, eval_loader, eval_transform
 from torch_impl.distributed import pick_device
@@ -70,8 +71,7 @@ def load_model(args, raw, cfg: DVTConfig) -> DVT:
     return model
 
 
-def evaluate(args) -> dict:
-    out = Path(args.output)
+def evaluate(args, out: Path) -> dict:
     device = pick_device(args.device)
     raw = read_checkpoint(args.checkpoint)
     cfg = resolve_config(args, raw, dataset_num_classes(args.dataset, args.data_dir))
@@ -80,6 +80,7 @@ def evaluate(args) -> dict:
     if cfg.num_classes < splits.num_classes:
         raise ValueError(f"{args.checkpoint}: the model has {cfg.num_classes}-class heads but {splits.source} has "
                          f"{splits.num_classes} classes")
+    check_split_images(splits)
     autocast = autocast_for(device, args.amp)
     pin = device.type == "cuda"
     logits = {}
@@ -89,7 +90,6 @@ def evaluate(args) -> dict:
     for name, split in wanted:
         loader = eval_loader(SplitDataset(split, eval_transform(cfg), name), args.batch_size, args.workers, pin)
         logits[name] = collect_logits(model, loader, device, autocast)
-    out.mkdir(parents=True, exist_ok=True)
     write_run_config(out, cfg, None, FRAMEWORK)
     epoch = raw.get("epoch") if isinstance(raw, dict) else None
     return finalize_run(out, cfg, calib=logits["calib"], test=logits["test"], train=logits.get("train"),
@@ -104,11 +104,12 @@ def evaluate(args) -> dict:
 def main(argv=None) -> int:
     args = parse_eval_args(argv, framework=FRAMEWORK)
     try:
-        evaluate(args)
+        with claim_eval_output(args, FRAMEWORK) as out:
+            evaluate(args, out)
     except (FileNotFoundError, ValueError, RuntimeError) as err:  # CheckpointMismatchError is a ValueError
         print(f"error: {error_message(err)}", file=sys.stderr)
         return 2
-    print(f"outputs in {args.output}")
+    print(f"outputs in {out}")
     return 0
 
 

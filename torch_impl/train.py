@@ -47,7 +47,8 @@ from common.registry import get_config
 from common.training import (CSVLog, checkpoint_extras, epoch_row, finalize_run, format_epoch_line, parse_train_args,
                              resolve_resume, resolve_splits, run_files, write_run_config)
 from common.training.run_files import args_to_dict
-from common.training.splits import dataset_info, num_classes_for
+from common.training.output_folder import claim_train_output
+from common.training.splits import check_split_images, dataset_info, num_classes_for
 from torch_impl.checkpoint import save_checkpoint
 from torch_impl.data import (SplitDataset, TrainLoader, error_message, eval_loader, eval_transform,
                              train_transform)
@@ -147,12 +148,21 @@ def restore(path: str, model, opt: Optimisation, args, dist: DistInfo) -> tuple[
     return epoch, updates
 
 
-def train(args, dist: DistInfo) -> int:
-    out, files, device = Path(args.output), run_files(FRAMEWORK), dist.device
+def gather_problems(dist: DistInfo):
+    """The data checks' merge of every rank's list of problems (None on one process)."""
+    if not dist.distributed:
+        return None
+    return lambda problems: [p for part in dist.all_gather_object(problems) for p in part]
+
+
+def train(args, dist: DistInfo, out: Path) -> int:
+    files, device = run_files(FRAMEWORK), dist.device
     started = time.perf_counter()
     seed_everything(args.seed)  # same model initialisation on every rank
     img_size = args.img_size or get_config(args.model).img_size
     splits = resolve_splits(args.dataset, args.data_dir, img_size, args.calib_size)
+    check_split_images(splits, show_progress=dist.is_main, rank=dist.rank, world_size=dist.world_size,
+                       combine=gather_problems(dist))
     model = build_model(args, num_classes_for(args.num_classes, splits))
     cfg = model.config
     resume = resolve_resume(args.resume, out, FRAMEWORK)
@@ -182,7 +192,6 @@ def train(args, dist: DistInfo) -> int:
     eval_model = opt.ema.module if opt.ema is not None else model
     log = writer = None
     if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
         write_run_config(out, cfg, args, FRAMEWORK)
         log = CSVLog(out / files["log"], keep_epochs=start_epoch if resume else None)
         writer = tensorboard_writer(out)
@@ -252,7 +261,8 @@ def main(argv=None) -> int:
         print(f"error: {error_message(err)}", file=sys.stderr)
         return 2
     try:
-        return train(args, dist)
+        with claim_train_output(args, FRAMEWORK, writer=dist.is_main) as out:
+            return train(args, dist, out)
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3

@@ -14,9 +14,12 @@ import numpy as np
 import torch
 
 from common.atomic import atomic_write
+from common.readers import BadFileError
+from torch_impl.checkpoint import read_checkpoint
 
 STATE_FORMAT = "dvt-torch-train-state"
 STATE_VERSION = 1
+EXPECTED = "a training state (last_state.pth) written by torch_impl/train.py"
 
 
 def capture_rng() -> dict:
@@ -55,13 +58,15 @@ def save_train_state(path, *, model, optimizer, scheduler, scaler, ema, epoch: i
 def load_train_state(path) -> dict:
     """Read a state written by `save_train_state`; a clear error for anything else."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume {path}: no such file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, not a torch file, foreign pickle
-        raise ValueError(f"--resume {path}: not a readable training state ({type(err).__name__}: {err})") from None
+        state = read_checkpoint(path)  # weights_only: tensors, containers, numpy values
+    except BadFileError as err:
+        raise BadFileError(path, EXPECTED, err.problem) from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise ValueError(f"--resume {path}: not a training state written by torch_impl/train.py (a weights file? "
-                         "start from weights with --initial-checkpoint instead)")
+        raise BadFileError(path, EXPECTED, "it is not a training state (a weights file? start from weights with "
+                                           "--initial-checkpoint instead)")
     if int(state.get("version", 0)) > STATE_VERSION:
-        raise ValueError(f"--resume {path}: state version {state['version']} is newer than this code ({STATE_VERSION})")
+        raise BadFileError(path, EXPECTED, f"its version {state['version']} is newer than this code ({STATE_VERSION})")
     return state

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from common.atomic import atomic_write
+from common.readers import BadFileError, read_npz
 
 FORMAT = "dvt-exit-outputs"
 FORMAT_VERSION = 1
@@ -173,31 +174,34 @@ def write_exit_outputs(path: str | os.PathLike, outputs: ExitOutputs) -> Path:
     return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
+class ExitOutputsFileError(ExitOutputsError, BadFileError):
+    """A per-exit outputs file that does not read or does not hold valid outputs."""
+
+
+EXPECTED = "per-exit outputs (.npz with logits (K,N,C), labels (N,), gflops (K,), as common.thresholds.outputs writes)"
+
+
 def load_exit_outputs(path: str | os.PathLike) -> ExitOutputs:
-    """Read and validate a file written by `save_exit_outputs`."""
+    """Read and validate a file written by `save_exit_outputs` (`common.readers.read_npz`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no exit-outputs file at {path}")
     try:
-        data = np.load(path, allow_pickle=False)
-    except Exception as e:  # not a zip / truncated / pickled objects
-        raise ExitOutputsError(f"{path}: not a readable .npz file ({e})") from e
-    with data:
-        keys = set(data.files)
-        missing = [k for k in REQUIRED_KEYS if k not in keys]
-        if missing:
-            raise ExitOutputsError(
-                f"{path}: missing array(s) {missing}; found {sorted(keys)} (expected the layout of "
-                f"common.thresholds.outputs: logits (K,N,C), labels (N,), gflops (K,))")
-        if "format" in keys and str(data["format"]) != FORMAT:
-            raise ExitOutputsError(f"{path}: format is {str(data['format'])!r}, expected {FORMAT!r}")
-        if "format_version" in keys and int(data["format_version"]) > FORMAT_VERSION:
-            raise ExitOutputsError(
-                f"{path}: format version {int(data['format_version'])} is newer than this code "
-                f"understands ({FORMAT_VERSION})")
-        text = {k: str(data[k]) if k in keys else "" for k in ("model", "split")}
-        ids = data["sample_ids"] if "sample_ids" in keys else None
-        try:
-            return ExitOutputs(data["logits"], data["labels"], data["gflops"], text["model"], text["split"], ids)
-        except ExitOutputsError as e:
-            raise ExitOutputsError(f"{path}: {e}") from None
+        data = read_npz(path, EXPECTED)
+    except BadFileError as e:
+        raise ExitOutputsFileError(path, EXPECTED, e.problem) from None
+    keys = set(data)
+    missing = [k for k in REQUIRED_KEYS if k not in keys]
+    if missing:
+        raise ExitOutputsFileError(path, EXPECTED, f"missing array(s) {missing}; found {sorted(keys)}")
+    if "format" in keys and str(data["format"]) != FORMAT:
+        raise ExitOutputsFileError(path, EXPECTED, f"format is {str(data['format'])!r}, expected {FORMAT!r}")
+    if "format_version" in keys and int(data["format_version"]) > FORMAT_VERSION:
+        raise ExitOutputsFileError(path, EXPECTED, f"format version {int(data['format_version'])} is newer than "
+                                                   f"this code understands ({FORMAT_VERSION})")
+    text = {k: str(data[k]) if k in keys else "" for k in ("model", "split")}
+    try:
+        return ExitOutputs(data["logits"], data["labels"], data["gflops"], text["model"], text["split"],
+                           data.get("sample_ids"))
+    except ExitOutputsError as e:
+        raise ExitOutputsFileError(path, EXPECTED, str(e)) from None

@@ -9,8 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
-import yaml
-
+from common.readers import BadFileError, read_yaml
 from common.registry import get_config
 from common.thresholds.pipeline import DEFAULT_SOLVERS_TEXT, parse_solvers
 
@@ -36,7 +35,7 @@ def build_train_parser(framework: str = "torch") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=f"Train a DVT cascade ({framework}). With no arguments: the tiny default model on the "
                     "embedded digits data, then thresholds, budget curve and plots in --output.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     p.add_argument("-c", "--config", default="", help="YAML file of flag values (flags given here win)")
 
     g = p.add_argument_group("model")
@@ -92,8 +91,13 @@ def build_train_parser(framework: str = "torch") -> argparse.ArgumentParser:
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False, help="mixed precision")
 
     g = p.add_argument_group("run")
-    g.add_argument("--output", default="outputs/train", help="folder for checkpoints, logs, summary, plots")
-    g.add_argument("--resume", default="", help="resume from this checkpoint (or 'auto': the output's last)")
+    g.add_argument("--output", default=None,
+                   help="folder for checkpoints, logs, summary, plots (default: a new outputs/train/<date>-<time>-"
+                        "<model>); a folder that holds a run is refused unless --resume continues it or --force")
+    g.add_argument("--resume", default="", help="resume from this training state (or 'auto': --output's last_state)")
+    g.add_argument("--force", action="store_true",
+                   help="start afresh in an --output that holds a run: deletes that run's files (checkpoint, state, "
+                        "log, summary, outputs, thresholds, plots, config, args) first; other files stay")
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--log-interval", type=int, default=20)
     g.add_argument("--eval-batch-size", type=int, default=None, help="default: 2 x batch size")
@@ -114,23 +118,41 @@ def build_train_parser(framework: str = "torch") -> argparse.ArgumentParser:
 
 
 def _load_yaml(path: str, parser: argparse.ArgumentParser) -> dict:
-    if not os.path.isfile(path):
-        raise SystemExit(f"error: --config {path!r} does not exist")
-    with open(path, encoding="utf-8") as fh:
-        try:
-            data = yaml.safe_load(fh) or {}
-        except yaml.YAMLError as err:
-            raise SystemExit(f"error: --config {path!r} is not valid YAML: {err}") from err
+    """The flag values of a --config file; a missing, unreadable or wrong file ends with exit status 2."""
+    expected = "a YAML mapping of flag names to values"
+    try:
+        data = read_yaml(path, expected)
+    except FileNotFoundError:
+        parser.error(f"--config {path!r} does not exist")
+    except BadFileError as err:
+        parser.error(f"--config {err}")
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
-        raise SystemExit(f"error: --config {path!r} must hold a mapping of flag names to values")
-    valid = {a.dest for a in parser._actions if a.dest not in ("help", "config")}
+        parser.error(f"--config {path}: expected {expected}; it holds a {type(data).__name__}")
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
     out = {}
     for key, value in data.items():
         dest = str(key).lstrip("-").replace("-", "_")
-        if dest not in valid:
-            raise SystemExit(f"error: --config {path!r}: unknown key {key!r}; valid keys: {sorted(valid)}")
-        out[dest] = tuple(value) if isinstance(value, list) else value
+        if dest not in actions:
+            parser.error(f"--config {path}: unknown key {key!r}; valid keys: {sorted(actions)}")
+        out[dest] = _yaml_value(actions[dest], value, f"--config {path}: {key}", parser)
     return out
+
+
+def _yaml_value(action: argparse.Action, value, where: str, parser: argparse.ArgumentParser):
+    """A YAML value as the flag would have parsed it (type and choices checked, as on the command line)."""
+    if isinstance(value, list):
+        value = tuple(value)
+    if value is not None and action.type is not None:
+        text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        try:
+            value = action.type(text)
+        except (TypeError, ValueError):
+            parser.error(f"{where}: {value!r} is not a valid value of {'/'.join(action.option_strings)}")
+    if action.choices is not None and value not in action.choices:
+        parser.error(f"{where}: {value!r} is not one of {list(action.choices)}")
+    return value
 
 
 def parse_train_args(argv=None, framework: str = "torch") -> argparse.Namespace:
@@ -167,7 +189,7 @@ def _validate(args, parser, cfg) -> None:
         parse_solvers(args.solvers)
     except ValueError as err:
         parser.error(str(err))
-    if os.path.exists(args.output) and not os.path.isdir(args.output):
+    if args.output and os.path.exists(args.output) and not os.path.isdir(args.output):
         parser.error(f"--output {args.output!r} exists and is not a folder")
     if args.max_steps_per_epoch is not None and args.max_steps_per_epoch < 1:
         parser.error("--max-steps-per-epoch must be >= 1")
@@ -184,7 +206,7 @@ def build_eval_parser(framework: str = "torch") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=f"Evaluate a DVT checkpoint ({framework}): per-exit top-1 on the calibration and test splits, "
                     "thresholds solved on calibration, budget curve on test, plots and summary.json in --output.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     p.add_argument("--checkpoint", required=True, help="weights file (any supported format and naming)")
     p.add_argument("--model", default=None,
                    help="registered model name (default: the config stored in the checkpoint, else inferred from "
@@ -203,7 +225,12 @@ def build_eval_parser(framework: str = "torch") -> argparse.ArgumentParser:
     if framework == "mindspore":
         p.add_argument("--mode", choices=("graph", "pynative"), default="graph", help="MindSpore execution mode")
         p.add_argument("--cpu-threads", type=int, default=1, help=CPU_THREADS_HELP)
-    p.add_argument("--output", default="outputs/eval", help="folder for outputs, thresholds, plots, summary")
+    p.add_argument("--output", default=None,
+                   help="folder for outputs, thresholds, plots, summary (default: a new outputs/eval/<date>-<time>-"
+                        "<name>); never a training run's folder; a previous evaluation's folder only with --force")
+    p.add_argument("--force", action="store_true",
+                   help="replace a previous evaluation in --output (deletes its summary, outputs, thresholds, plots "
+                        "and config first; other files stay)")
     p.add_argument("--solvers", default=DEFAULT_SOLVERS_TEXT, help="threshold solvers")
     p.add_argument("--calibrate-on", choices=CALIBRATE_ON, default="calib", help=CALIBRATE_ON_HELP)
     p.add_argument("--seed", type=int, default=42, help="seed of the genetic solver")
@@ -225,4 +252,6 @@ def parse_eval_args(argv=None, framework: str = "torch") -> argparse.Namespace:
             parser.error(str(err))
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
+    if args.output and os.path.exists(args.output) and not os.path.isdir(args.output):
+        parser.error(f"--output {args.output!r} exists and is not a folder")
     return args

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from common.data import list_image_folder, load_cifar, load_digits_images
+from common.data.checks import check_image_files, check_labels, default_threads
 from common.thresholds.splits import calibration_test_split
 
 SPLIT_SEED = 0
@@ -76,7 +77,26 @@ def digits_splits(img_size: int) -> DataSplits:
 
 
 def resolve_splits(dataset: str, data_dir: str = "", img_size: int = 32, calib_size=None) -> DataSplits:
-    """The three splits of a data set named on the command line (clear errors for bad paths)."""
+    """The three splits of a data set named on the command line (clear errors for bad paths and files);
+    every split's labels are checked to lie in [0, num_classes)."""
+    splits = _load_splits(dataset, data_dir, img_size, calib_size)
+    for name, split in (("train", splits.train), ("calibration", splits.calib), ("test", splits.test)):
+        check_labels(split.labels, splits.num_classes, f"the {name} split of {splits.source}")
+    return splits
+
+
+def check_split_images(splits: DataSplits, *, show_progress: bool = True, rank: int = 0, world_size: int = 1,
+                       combine=None) -> float:
+    """Read the header of every image file of every split (ImageFolder data sets; nothing to do for in-memory
+    arrays) before the first epoch: `common.data.checks.check_image_files`. Returns the seconds it took."""
+    paths = [p for split in (splits.train, splits.calib, splits.test) for p in (split.paths or [])]
+    if not paths:
+        return 0.0
+    return check_image_files(paths, splits.source, threads=default_threads(), show_progress=show_progress,
+                             rank=rank, world_size=world_size, combine=combine)
+
+
+def _load_splits(dataset: str, data_dir: str, img_size: int, calib_size) -> DataSplits:
     if dataset == "digits":
         return digits_splits(img_size)
     if dataset in ("cifar10", "cifar100"):

@@ -37,13 +37,29 @@ class ExitOutput(NamedTuple):
     reused_relations: Optional[tuple]  # L x (B, H, T, T) maps added to each block's logits
 
 
-def check_image(x, in_chans: int, img_size: int) -> None:
-    """ValueError naming the expected shape unless x is (B, in_chans, img_size, img_size).
+def amp_input_dtype(cell, dtype):
+    """The dtype a cell's inputs may arrive in besides its parameters' `dtype`: the low precision of a `to_float`
+    flag (`ms_impl.amp` 'O2'), which GRAPH mode applies to the cell's inputs; `dtype` itself without a flag."""
+    if getattr(cell, "fp16", False):
+        return mstype.float16
+    if getattr(cell, "bf16", False):
+        return mstype.bfloat16
+    return dtype
 
-    Shapes are static at GRAPH-mode compile time, so there the error is raised while compiling."""
+
+def check_image(x, in_chans: int, img_size: int, dtype=mstype.float32, amp_dtype=None) -> None:
+    """ValueError naming the expected shape unless x is (B, in_chans, img_size, img_size); TypeError naming the
+    expected dtype (the parameters' dtype: float32, also under `ms_impl.amp`) for any other dtype (`amp_dtype`,
+    see `amp_input_dtype`, is accepted too).
+
+    Shapes and dtypes are static at GRAPH-mode compile time, so there the error is raised while compiling."""
     shape = x.shape
     if len(shape) != 4 or shape[1] != in_chans or shape[2] != img_size or shape[3] != img_size:
         raise ValueError(f"expected input of shape (B, {in_chans}, {img_size}, {img_size}), got {tuple(shape)}")
+    if x.dtype != dtype and x.dtype != amp_dtype:
+        raise TypeError(f"expected a {str(dtype).lower()} image batch (the dtype of the model's parameters), got "
+                        f"{str(x.dtype).lower()}: normalise images to floats and cast them with "
+                        f"x.astype(mindspore.{str(dtype).lower()})")
 
 
 def _matrix(conv_weight, dtype):
@@ -135,7 +151,7 @@ class ViTExit(nn.Cell):
         `need_relations=False`: the blocks drop their attention logits and `relations` is None.
         `fast=True`: fast relation-reuse kernels (`reuse_relations`).
         """
-        check_image(x, self.in_chans, self.img_size)
+        check_image(x, self.in_chans, self.img_size, self.cls_token.dtype, amp_input_dtype(self, self.cls_token.dtype))
         self._check_reuse_inputs(prev_features, prev_relations)
         if self.detach_reused_features and prev_features is not None:
             prev_features = ops.stop_gradient(prev_features)

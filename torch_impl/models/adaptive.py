@@ -56,7 +56,7 @@ def adaptive_forward(model, x: torch.Tensor, thresholds, criterion: str | None =
     k_exits = len(model.exits)
     t, criterion = resolve_thresholds(thresholds, k_exits, criterion, budget, batch_size=x.shape[0])
     cfg = model.config
-    check_image(x, cfg.in_chans, cfg.img_size)
+    check_image(x, cfg.in_chans, cfg.img_size, model.exits[0].cls_token.dtype)
     track = ExitTracker(x.shape[0], k_exits, t)
     pieces = []  # logits of the leaving samples, stage by stage
     active = None  # input rows still in the cascade, on x's device; None while they are all there, in order

@@ -37,10 +37,17 @@ class ExitOutput(NamedTuple):
     reused_relations: Optional[tuple]  # L x (B, H, T, T) maps added to each block's logits
 
 
-def check_image(x: torch.Tensor, in_chans: int, img_size: int) -> None:
+def check_image(x: torch.Tensor, in_chans: int, img_size: int, dtype: torch.dtype = torch.float32) -> None:
+    """ValueError naming the expected shape unless x is (B, in_chans, img_size, img_size); TypeError naming the
+    expected dtype (the parameters' dtype: float32 unless the model was cast) for any other dtype."""
     if x.dim() != 4 or tuple(x.shape[1:]) != (in_chans, img_size, img_size):
         raise ValueError(f"expected input of shape (B, {in_chans}, {img_size}, {img_size}), "
                          f"got {tuple(x.shape)}")
+    if x.dtype != dtype:
+        raise TypeError(f"expected a {str(dtype).replace('torch.', '')} image batch (the dtype of the model's "
+                        f"parameters), got {str(x.dtype).replace('torch.', '')}: normalise images to floats "
+                        f"(e.g. timm's transforms) and cast them with x.to({dtype}); under torch.autocast pass "
+                        "float32")
 
 
 class ViTExit(nn.Module):
@@ -127,7 +134,7 @@ class ViTExit(nn.Module):
         `need_relations=False`: the blocks use fused attention and `relations` is None.
         `fast=True`: fast relation-reuse kernels (`reuse_relations`).
         """
-        check_image(x, self.in_chans, self.img_size)
+        check_image(x, self.in_chans, self.img_size, self.cls_token.dtype)
         self._check_reuse_inputs(prev_features, prev_relations)
         if self.detach_reused_features and prev_features is not None:
             prev_features = prev_features.detach()
