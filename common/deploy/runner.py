@@ -82,12 +82,13 @@ class ExportRunner:
 
     def run(self, images, thresholds=None, criterion: str | None = None, *,
             budget: float | None = None) -> RunResult:
-        """Early exit on a batch. `thresholds`: K-1 or K numbers, or a ThresholdCurve with `budget`; None:
-        with `budget` the manifest's curve, else the manifest's fixed thresholds (`thresholds.run_thresholds`)."""
+        """Early exit on a batch. `thresholds`: K-1 or K numbers, (B, K-1) / (B, K) one row per image, or a
+        ThresholdCurve with `budget` (one number or (B,) per image); None: with `budget` the manifest's curve, else
+        the manifest's fixed thresholds (`thresholds.run_thresholds`)."""
         t, criterion = run_thresholds(self.manifest.thresholds, self.num_exits, thresholds, criterion, budget)
         x = self.check_images(images)
         k_exits = self.num_exits
-        track = ExitTracker(x.shape[0], k_exits)
+        track = ExitTracker(x.shape[0], k_exits, t)  # t: (K,) shared or (B, K) per row
         pads, calls = [0] * k_exits, [0] * k_exits
         pieces = []  # logits of the leaving rows, stage by stage
         feeds = [x]
@@ -97,7 +98,7 @@ class ExportRunner:
             outputs, pads[k], calls[k] = self.run_stage(k, feeds)
             logits = outputs[0]
             last = k == k_exits - 1  # the last exit takes everyone
-            step = track.record(k, None if last else leave_mask(logits, t, k, criterion))
+            step = track.record(k, None if last else leave_mask(logits, track.active_thresholds(), k, criterion))
             if step.num_left:
                 pieces.append(logits if step.leave is None else logits[step.leave])
             if step.done:
