@@ -77,7 +77,8 @@ def main(argv=None) -> int:
             raise ValueError(f"{args.source}: no such checkpoint file or export folder")
         backend = args.backend or default_backend(args.source)
         if is_export_dir(args.source) != (backend == "onnx"):
-            raise ValueError(f"--backend {backend} needs a {'folder written by tools/export.py' if backend == 'onnx' else 'checkpoint file'}"
+            kind = "a folder written by tools/export.py" if backend == "onnx" else "a checkpoint file"
+            raise ValueError(f"--backend {backend} needs {kind}"
                              f"; {args.source} is {'an export folder' if is_export_dir(args.source) else 'not one'}")
     except ValueError as err:
         parser.error(str(err))  # exit status 2

@@ -176,5 +176,6 @@ def stream_report(result: StreamResult, scores: ExitScores, controller: BudgetCo
                    "accuracy": float(s_correct.sum() / n)},
         "series": {"images": np.cumsum(sizes).tolist(), "target": target.tolist(), "realised": realised.tolist(),
                    "window_average": win.tolist(), "running_average": cum.tolist(), "command": result.command,
-                   "static_window_average": s_win.tolist(), "correct": list(map(int, result.correct))},
+                   "static_window_average": s_win.tolist(), "correct": list(map(int, result.correct)),
+                   "static_correct": s_correct.tolist()},
     }
