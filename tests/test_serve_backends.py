@@ -69,9 +69,14 @@ def test_mindspore_backend_equals_torch(torch_backend, batch, tmp_path, short_to
     from ms_impl.serving import MindSporeBackend
 
     x, full, rows = batch
+    from ms_impl import create_model
+    from ms_impl.checkpoint import save_checkpoint as ms_save
+
     curves = read_checkpoint(short_torch_run / "checkpoint.pth")["thresholds"]
-    path = save_checkpoint(torch_backend.model, tmp_path / "digits.safetensors", extras={"thresholds": curves})
-    ms = load_backend(path, "mindspore", threads=1)
+    weights = save_checkpoint(torch_backend.model, tmp_path / "digits.safetensors")
+    ckpt = ms_save(create_model("dvt_tiny_digits", checkpoint_path=str(weights)), tmp_path / "digits.ckpt",
+                   extras={"thresholds": curves})  # what ms_impl/train.py writes
+    ms = load_backend(ckpt, threads=1)  # .ckpt: MindSpore by default
     assert isinstance(ms, MindSporeBackend) and ms.curve.solver == torch_backend.curve.solver
     out = ms.run(x, rows)
     check(out, full, rows, ref_exits=torch_backend.run(x, rows).exit_index)
