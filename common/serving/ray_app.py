@@ -204,8 +204,15 @@ def start_service(spec: ServiceSpec, host: str = "127.0.0.1", port: int | None =
         started = True
     port = free_port(host) if port is None else int(port)
     try:
-        serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"} if quiet
-                    else None)
+        for attempt in range(3):  # Serve gives its HTTP proxy a fixed 60 s to come up: retry on a loaded machine
+            try:
+                serve.start(http_options={"host": host, "port": port},
+                            logging_config={"log_level": "WARNING"} if quiet else None)
+                break
+            except ray.exceptions.RayError:
+                serve.shutdown()
+                if attempt == 2:
+                    raise
         serve.run(make_app(spec), name="dvt", route_prefix="/", blocking=False)
     except BaseException:
         try:
