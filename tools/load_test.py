@@ -8,7 +8,7 @@ Starts the service (tools/serve.py's app, Ray Serve on 127.0.0.1) and `--clients
 send `--requests` PNG files in all (the run's digits test images, resized to the model's input), then reads
 `/metrics`. `--compare-ips F` serves twice on the same Ray instance: first with the fixed thresholds of the
 curve's most accurate point ("static"), then with `--target-ips` = F x the static run's measured throughput,
-and prints both. `--random-init MODEL` serves a seeded random-weight model whose curve is solved on 256
+and prints both. `--random-init MODEL` serves a seeded random-weight model whose curve is solved on 64
 images (for timing only: its accuracy means nothing). Results go to `--out` (JSON).
 """
 from __future__ import annotations
@@ -70,8 +70,8 @@ def request_files(img_size: int, n: int = 64) -> list[bytes]:
     return files
 
 
-def random_init_checkpoint(name: str, folder: Path, seed: int = 0) -> Path:
-    """A seeded random-weight checkpoint of `name` with a geometric curve solved on 256 of the digits images."""
+def random_init_checkpoint(name: str, folder: Path, seed: int = 0, images: int = 64) -> Path:
+    """A seeded random-weight checkpoint of `name` with a geometric curve solved on `images` digits images."""
     import torch
     from PIL import Image
 
@@ -86,7 +86,7 @@ def random_init_checkpoint(name: str, folder: Path, seed: int = 0) -> Path:
     model = create_model(name).eval()
     cfg = model.config
     calib = resolve_splits("digits", img_size=32).calib
-    x = np.stack([preprocess_image(Image.fromarray(a).convert("RGB"), cfg) for a in calib.images[:256]])
+    x = np.stack([preprocess_image(Image.fromarray(a).convert("RGB"), cfg) for a in calib.images[:images]])
     with torch.inference_mode():
         logits = np.concatenate([torch.stack(model(torch.from_numpy(x[i:i + 32]))).numpy()
                                  for i in range(0, len(x), 32)], axis=1)
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
         parser.error("--requests and --clients must be >= 1")
     from ray import serve
 
-    from common.serving.ray_app import ServiceSpec, make_app, start_service
+    from common.serving.ray_app import ServiceSpec, wait_ready, make_app, start_service
 
     tmp = tempfile.TemporaryDirectory(prefix="dvt_load_")
     source = args.source or random_init_checkpoint(args.random_init, Path(tmp.name), args.seed)
@@ -191,6 +191,7 @@ def main(argv=None) -> int:
         for i, (label, spec) in enumerate(runs):
             if i:
                 serve.run(make_app(spec), name="dvt", route_prefix="/", blocking=False)
+                wait_ready(handle.url)
                 info = json.loads(_get(handle.url, "/health"))
             load(handle.url, files, min(args.requests, 4 * args.clients), args.clients, None)  # warm-up
             before = metrics(handle.url)

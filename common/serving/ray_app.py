@@ -221,4 +221,24 @@ def start_service(spec: ServiceSpec, host: str = "127.0.0.1", port: int | None =
             if started:
                 ray.shutdown()
         raise
-    return ServiceHandle(f"http://{host}:{port}", started, time.perf_counter() - start)
+    url = f"http://{host}:{port}"
+    wait_ready(url)
+    return ServiceHandle(url, started, time.perf_counter() - start)
+
+
+def wait_ready(url: str, timeout_s: float = 300.0) -> None:
+    """Until GET /health answers 200: the proxy learns the new route a moment after the app is ready."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=30) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the service at {url} did not answer GET /health within {timeout_s:.0f} s")
+        time.sleep(0.5)
