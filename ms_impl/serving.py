@@ -21,7 +21,7 @@ from common.flops import cumulative_gflops
 from common.serving.backend import BackendOutput, curve_from_extras
 from ms_impl.checkpoint import read_checkpoint
 from ms_impl.distributed import set_cpu_threads
-from ms_impl.evaluate import _extra, load_model, resolve_config
+from ms_impl.evaluate import load_model, resolve_config
 from ms_impl.runtime import configure
 
 
@@ -47,7 +47,7 @@ class MindSporeBackend:
         raw = read_checkpoint(path)
         args = SimpleNamespace(checkpoint=str(path), model=model, img_size=None, num_classes=None, use_ema=False)
         cfg = resolve_config(args, raw, 1000)
-        curve = curve_from_extras(_extra(raw, "thresholds"), solver, str(path))
+        curve = curve_from_extras(raw, solver, str(path))
         return cls(load_model(args, cfg), curve)
 
     def run(self, images: np.ndarray, thresholds) -> BackendOutput:

@@ -8,6 +8,7 @@ import torch
 from common.adaptive import scores, thresholds_for_fractions
 from common.deploy.exporting import export_model
 from common.serving.backend import ExportBackend, curve_from_extras, load_backend
+from common.thresholds import ThresholdCurve
 from torch_impl.checkpoint import read_checkpoint, save_checkpoint
 from torch_impl.serving import TorchBackend
 
@@ -48,8 +49,9 @@ def test_torch_backend_and_its_curve(torch_backend, batch, short_torch_run):
     out = torch_backend.run(x, rows)
     check(out, full, rows)
     assert len(set(out.exit_index.tolist())) == 3
-    curve = curve_from_extras(read_checkpoint(short_torch_run / "checkpoint.pth")["thresholds"])
-    assert torch_backend.curve.solver == curve.solver == "geometric"  # the preferred solver of the run
+    raw = read_checkpoint(short_torch_run / "checkpoint.pth")
+    curve = ThresholdCurve.load(raw)  # the run's default solver
+    assert torch_backend.curve.solver == curve.solver == curve_from_extras(raw).solver
     np.testing.assert_array_equal(torch_backend.curve.thresholds, curve.thresholds)
     assert torch_backend.preprocessing["img_size"] == 32 and torch_backend.gflops.shape == (3,)
 
@@ -72,10 +74,10 @@ def test_mindspore_backend_equals_torch(torch_backend, batch, tmp_path, short_to
     from ms_impl import create_model
     from ms_impl.checkpoint import save_checkpoint as ms_save
 
-    curves = read_checkpoint(short_torch_run / "checkpoint.pth")["thresholds"]
+    raw = read_checkpoint(short_torch_run / "checkpoint.pth")
     weights = save_checkpoint(torch_backend.model, tmp_path / "digits.safetensors")
     ckpt = ms_save(create_model("dvt_tiny_digits", checkpoint_path=str(weights)), tmp_path / "digits.ckpt",
-                   extras={"thresholds": curves})  # what ms_impl/train.py writes
+                   extras={"thresholds": raw["thresholds"], "default_solver": raw.get("default_solver")})
     ms = load_backend(ckpt, threads=1)  # .ckpt: MindSpore by default
     assert isinstance(ms, MindSporeBackend) and ms.curve.solver == torch_backend.curve.solver
     out = ms.run(x, rows)
@@ -92,5 +94,5 @@ def test_load_backend_names_what_it_needs(short_torch_run, tmp_path):
         load_backend(tmp_path)
     with pytest.raises(ValueError, match="unknown backend"):
         load_backend(ckpt, "tensorrt")
-    with pytest.raises(ValueError, match="no threshold curve of solver 'nope'"):
-        curve_from_extras(read_checkpoint(ckpt)["thresholds"], "nope")
+    with pytest.raises(ValueError, match="no 'nope' curve"):
+        curve_from_extras(read_checkpoint(ckpt), "nope")

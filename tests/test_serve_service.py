@@ -64,7 +64,7 @@ def service(short_torch_run):
 def offline(short_torch_run):
     path = short_torch_run / "checkpoint.pth"
     backend = TorchBackend.from_checkpoint(path, threads=1)
-    return backend, curve_from_extras(read_checkpoint(path)["thresholds"])
+    return backend, curve_from_extras(read_checkpoint(path))
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ class TorchBackend:
         raw = read_checkpoint(path)
         args = SimpleNamespace(checkpoint=str(path), model=model, img_size=None, num_classes=None, use_ema=False)
         cfg = resolve_config(args, raw, 1000)
-        curve = curve_from_extras(raw.get("thresholds") if isinstance(raw, dict) else None, solver, str(path))
+        curve = curve_from_extras(raw, solver, str(path))
         return cls(load_model(args, raw, cfg), curve, threads, device)
 
     @torch.inference_mode()

@@ -20,8 +20,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from common.deploy.thresholds import SOLVER_PREFERENCE, thresholds_entry
-from common.thresholds.curve import ThresholdCurve
+from common.deploy.thresholds import thresholds_entry
+from common.thresholds.curve import ThresholdCurve, curve_from_results
 
 BACKENDS = ("torch", "mindspore", "onnx")
 
@@ -31,21 +31,20 @@ class BackendOutput(NamedTuple):
     exit_index: np.ndarray  # (B,) int64, 0-based
 
 
-def curve_from_extras(thresholds, solver: str | None = None, where: str = "checkpoint") -> ThresholdCurve | None:
-    """The budget curve a checkpoint carries (`{solver: ThresholdCurve dict}`, written by the trainers), by
-    `solver` or the preference geometric, exact, genetic; None when it carries none."""
-    if isinstance(thresholds, str):
-        thresholds = json.loads(thresholds)
-    if not thresholds:
+def curve_from_extras(raw, solver: str | None = None, where: str = "checkpoint") -> ThresholdCurve | None:
+    """The budget curve a checkpoint carries (the trainers write `{"thresholds": {solver: curve}, "default_solver"}`
+    beside the weights): `solver`'s, else the run's default (`ThresholdCurve.load`); None when it carries none."""
+    entry = raw.get("thresholds") if isinstance(raw, dict) else None
+    if isinstance(entry, (str, bytes)):
+        entry = json.loads(entry)
+    if not entry:
         if solver:
             raise ValueError(f"{where}: carries no threshold curves, so --solver {solver} has nothing to pick")
         return None
-    if not isinstance(thresholds, dict):
-        raise ValueError(f"{where}: its 'thresholds' entry is not a dict of curves")
-    name = solver or next((s for s in SOLVER_PREFERENCE if s in thresholds), next(iter(thresholds)))
-    if name not in thresholds:
-        raise ValueError(f"{where}: no threshold curve of solver {name!r}; it holds {sorted(thresholds)}")
-    return ThresholdCurve.from_dict(thresholds[name])
+    try:
+        return curve_from_results({"thresholds": entry, "default_solver": raw.get("default_solver")}, solver)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
 
 
 def curve_from_file(path, cfg, solver: str | None = None) -> ThresholdCurve:
