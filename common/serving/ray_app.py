@@ -191,7 +191,7 @@ def start_service(spec: ServiceSpec, host: str = "127.0.0.1", port: int | None =
 
     started = False
     if not ray.is_initialized():
-        for attempt in range(3):  # Ray gives its raylet a fixed 30 s to register: a loaded machine can miss it
+        for attempt in range(5):  # Ray gives its raylet a fixed 30 s to register: a loaded machine can miss it
             try:
                 ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
                          _node_ip_address="127.0.0.1", log_to_driver=not quiet, configure_logging=True,
@@ -199,7 +199,7 @@ def start_service(spec: ServiceSpec, host: str = "127.0.0.1", port: int | None =
                 break
             except Exception as err:
                 ray.shutdown()
-                if attempt == 2 or "timed out during startup" not in str(err):
+                if attempt == 4 or "timed out during startup" not in str(err):
                     raise
         started = True
     port = free_port(host) if port is None else int(port)
