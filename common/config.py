@@ -126,7 +126,7 @@ class DVTConfig:
     pos_embed: Literal["sinusoid", "learned"] = "sinusoid"
     img_size: int = 224
     in_chans: int = 3
-    num_classes: int = 1000
+    num_classes: int = 1000  # 0: identity heads (the model returns pooled features, timm's convention)
     feature_reuse: bool = True
     relation_reuse: bool = True
     context_hidden: int = 128  # feature-reuse MLP: LN(D) -> Linear(D, 128) -> GELU -> Linear(128, 48)
@@ -241,11 +241,14 @@ def validate(cfg: DVTConfig) -> None:
     where = f"config {cfg.name!r}"
     if cfg.family not in ("t2t", "deit"):
         raise ConfigError(f"{where}: family must be 't2t' or 'deit', got {cfg.family!r}")
-    for fname in ("dim", "depth", "num_heads", "img_size", "in_chans", "num_classes",
+    for fname in ("dim", "depth", "num_heads", "img_size", "in_chans",
                   "context_hidden", "context_dim", "relation_mlp_ratio"):
         value = getattr(cfg, fname)
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"{where}: {fname} must be a positive integer, got {value!r}")
+    if not isinstance(cfg.num_classes, int) or cfg.num_classes < 0:
+        raise ConfigError(f"{where}: num_classes must be an integer >= 0 (0: no classifier heads, features only), "
+                          f"got {cfg.num_classes!r}")
     if cfg.dim % cfg.num_heads:
         raise ConfigError(
             f"{where}: num_heads={cfg.num_heads} does not divide dim={cfg.dim}")

@@ -99,7 +99,8 @@ def exit_parameter_specs(cfg: DVTConfig, k: int, prefix: str = "") -> list[Param
                   ParamSpec(f"{p}relation_reuse_conv.0.bias", (h,)),
                   ParamSpec(f"{p}relation_reuse_conv.2.weight", (c, h, 1, 1)),
                   ParamSpec(f"{p}relation_reuse_conv.2.bias", (c,))]
-    specs += _linear(f"{p}head", cfg.num_classes, d)
+    if cfg.num_classes > 0:  # num_classes=0: identity heads, nothing to store
+        specs += _linear(f"{p}head", cfg.num_classes, d)
     return specs
 
 

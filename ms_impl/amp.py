@@ -18,7 +18,7 @@ confidences for early exit in float32).
 
 Implementation: `Cell.to_float`, the per-cell flag under `mindspore.amp` O2/O3, applied to chosen cells
 in place. Unlike `auto_mixed_precision('O1'/'O2')` it rewrites nothing and wraps nothing, so parameter
-names, attributes, checkpoints and `forward_intermediates` are unchanged. ('O1' by source rewrite fails
+names, attributes, checkpoints and `forward_exits` are unchanged. ('O1' by source rewrite fails
 on this model, and 'O2' wraps cells, which prefixes `_backbone.` to parameter paths.)
 Loss scaling for training is the trainer's job (mindspore.amp.DynamicLossScaler).
 """

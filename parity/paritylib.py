@@ -95,8 +95,9 @@ def noise(shape, rng: np.random.Generator, std: float = 0.02) -> np.ndarray:
 
 # ---- models ---------------------------------------------------------------------------------------------
 def torch_model(name: str, seed: int, perturb: bool = True, **overrides):
-    """The registry's torch model built under a fixed seed, every parameter then moved by N(0, 0.02):
-    zero biases and unit LayerNorm weights would hide a swapped or dropped bias in a conversion."""
+    """The registry's torch model built under a fixed seed, every state-dict tensor then moved by N(0, 0.02):
+    zero biases and unit LayerNorm weights would hide a swapped or dropped bias in a conversion. The state
+    dict (parameters and the frozen buffers, in module order) is what MindSpore holds as parameters."""
     import torch
     import torch_impl
     torch.manual_seed(seed)
@@ -104,7 +105,7 @@ def torch_model(name: str, seed: int, perturb: bool = True, **overrides):
     if perturb:
         rng = np.random.default_rng(seed)
         with torch.no_grad():
-            for _, p in model.named_parameters():
+            for p in model.state_dict(keep_vars=True).values():
                 p.add_(torch.from_numpy(noise(tuple(p.shape), rng)))
     return model
 
@@ -153,14 +154,14 @@ def torch_outputs(model, x: np.ndarray) -> dict:
     import torch
     model.eval()
     with torch.no_grad():
-        outs = model.forward_intermediates(torch.from_numpy(x))
+        outs = model.forward_exits(torch.from_numpy(x))
     return _flatten(outs, lambda t: t.detach().cpu().numpy())
 
 
 def ms_outputs(model, x: np.ndarray) -> dict:
     import mindspore as ms
     model.set_train(False)
-    outs = model.forward_intermediates(ms.Tensor(x))
+    outs = model.forward_exits(ms.Tensor(x))
     return _flatten(outs, lambda t: t.asnumpy())
 
 

@@ -65,8 +65,8 @@ def test_float16_forward_runs_and_stays_close(level):
         assert o.dtype == ms.float32  # heads run in float32
         assert np.isfinite(o.asnumpy()).all()
         np.testing.assert_allclose(o.asnumpy(), r, atol=5e-3)
-    if level != "auto":  # 'auto' decorates construct only; forward_intermediates runs unconverted
-        inter = net.forward_intermediates(x)
+    if level != "auto":  # 'auto' decorates construct only; forward_exits runs unconverted
+        inter = net.forward_exits(x)
         for o in inter:
             assert all(r.dtype == ms.float32 for r in o.relations)  # attention logits stay float32
             assert o.features.dtype == (ms.float32 if level == "O1" else o.features.dtype)

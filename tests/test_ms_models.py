@@ -112,7 +112,7 @@ def test_sinusoid_pos_embed_is_frozen_and_learned_is_not():
 def test_every_tiny_config_runs_with_the_configured_reuse(name):
     """One logit tensor per exit; exits k >= 1 receive exactly the reuse inputs the config enables."""
     cfg = get_config(name)
-    out = create_model(name).forward_intermediates(images(cfg))  # the code path of construct
+    out = create_model(name).forward_exits(images(cfg))  # the code path of construct
     assert len(out) == cfg.num_exits
     for k, o in enumerate(out):
         assert o.logits.shape == (2, cfg.num_classes) and o.logits.dtype == ms.float32
@@ -121,13 +121,13 @@ def test_every_tiny_config_runs_with_the_configured_reuse(name):
         assert (o.reused_relations is not None) == cfg.uses_relation_reuse(k)
 
 
-def test_forward_intermediates_same_path_and_shapes():
+def test_forward_exits_same_path_and_shapes():
     cfg = get_config("dvt_tiny_t2t")
     net = create_model("dvt_tiny_t2t")
     x = images(cfg)
     logits = net(x)
     assert isinstance(logits, tuple) and len(logits) == cfg.num_exits
-    inter = net.forward_intermediates(x)
+    inter = net.forward_exits(x)
     assert len(inter) == cfg.num_exits and all(isinstance(o, ExitOutput) for o in inter)
     h, ctx = cfg.num_heads, cfg.context_dim
     for k, (o, ref) in enumerate(zip(inter, logits)):
@@ -143,11 +143,11 @@ def test_forward_intermediates_same_path_and_shapes():
                 assert c.shape == (2, t, ctx)
                 assert not c.asnumpy()[:, 0].any()  # zero vector at the cls slot
             assert all(r.shape == (2, h, t, t) for r in o.reused_relations)
-    two = net.forward_intermediates(x, num_exits=2)
+    two = net.forward_exits(x, num_exits=2)
     assert len(two) == 2
     np.testing.assert_array_equal(two[1].logits.asnumpy(), inter[1].logits.asnumpy())
     with pytest.raises(ValueError, match="num_exits"):
-        net.forward_intermediates(x, num_exits=4)
+        net.forward_exits(x, num_exits=4)
 
 
 def test_any_batch_size_and_sub_batches():
@@ -155,7 +155,7 @@ def test_any_batch_size_and_sub_batches():
     cfg = get_config("dvt_tiny_deit")
     net = create_model("dvt_tiny_deit")
     x = images(cfg, 3)
-    full = net.forward_intermediates(x)
+    full = net.forward_exits(x)
     one = net(x[1:2])
     for a, b in zip(full, one):
         np.testing.assert_allclose(b.asnumpy(), a.logits.asnumpy()[1:2], atol=1e-6)

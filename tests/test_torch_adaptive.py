@@ -267,7 +267,7 @@ def test_fused_attention_matches_explicit(reused):
 
 
 def test_default_paths_never_use_the_fused_kernel(monkeypatch):
-    """forward / forward_intermediates (parity, FLOPs) keep the explicit attention."""
+    """forward / forward_exits (parity, FLOPs) keep the explicit attention."""
     model = seeded("dvt_tiny_t2t")
     x = images(model.config, 2)
 
@@ -277,7 +277,7 @@ def test_default_paths_never_use_the_fused_kernel(monkeypatch):
     monkeypatch.setattr(F, "scaled_dot_product_attention", boom)
     with torch.no_grad():
         model(x)
-        model.forward_intermediates(x)
+        model.forward_exits(x)
         adaptive_forward(model, x, [np.inf, np.inf], fast=False)
         with pytest.raises(AssertionError, match="outside the adaptive path"):
             adaptive_forward(model, x, [np.inf, np.inf])

@@ -39,23 +39,27 @@ def test_tiny_forward_train_and_eval(name):
 
 @pytest.mark.parametrize("name", common.list_models(tiny=False))
 def test_full_size_forward_shapes_on_meta(name):
-    """Every full-size config runs end to end on the meta device (shapes, no arithmetic)."""
+    """Every full-size config runs end to end on the meta device (shapes, no arithmetic): per-exit features,
+    logits and pre-logits (timm's default-cfg shapes)."""
     with torch.device("meta"):
         model = DVT(common.get_config(name))
     cfg = model.config
-    out = per_exit(model(torch.empty(1, cfg.in_chans, cfg.img_size, cfg.img_size, device="meta")))
+    feats = model.forward_features(torch.empty(1, cfg.in_chans, cfg.img_size, cfg.img_size, device="meta"))
+    out, pre = per_exit(model.forward_head(feats)), per_exit(model.forward_head(feats, pre_logits=True))
     assert [tuple(o.shape) for o in out] == [(1, cfg.num_classes)] * cfg.num_exits
+    assert [tuple(f.shape) for f in per_exit(feats)] == [(1, e.num_tokens, cfg.dim) for e in cfg.exits]
+    assert [tuple(p.shape) for p in pre] == [(1, model.head_hidden_size)] * cfg.num_exits
 
 
 @pytest.mark.parametrize("name", ["dvt_tiny_t2t", "dvt_tiny_deit_4exit", "dvt_tiny_t2t_feature_reuse",
                                   "dvt_tiny_t2t_relation_reuse", "t2t_vit_tiny"])
-def test_forward_intermediates(name):
+def test_forward_exits(name):
     model = seeded(name).eval()
     cfg, x = model.config, images(model.config)
     with torch.no_grad():
         logits = per_exit(model(x))
-        outs = model.forward_intermediates(x)
-        prefix = model.forward_intermediates(x, num_exits=1)
+        outs = model.forward_exits(x)
+        prefix = model.forward_exits(x, num_exits=1)
     assert len(outs) == cfg.num_exits and len(prefix) == 1
     for k, (o, lg) in enumerate(zip(outs, logits)):
         T, H, L = cfg.exits[k].num_tokens, cfg.num_heads, cfg.depth
@@ -74,7 +78,7 @@ def test_forward_intermediates(name):
             assert o.reused_relations is None
     assert torch.equal(prefix[0].logits, logits[0])
     with pytest.raises(ValueError, match="num_exits"):
-        model.forward_intermediates(x, num_exits=cfg.num_exits + 1)
+        model.forward_exits(x, num_exits=cfg.num_exits + 1)
 
 
 @pytest.mark.parametrize("name,module", [("dvt_tiny_t2t_feature_reuse", "blocks.1.mlp.fc2"),
@@ -153,7 +157,7 @@ def test_exit_works_on_any_sub_batch(name):
     x = images(model.config, batch=4)
     keep = torch.tensor([3, 1])
     with torch.no_grad():
-        full = model.forward_intermediates(x)
+        full = model.forward_exits(x)
         prev = full[0]
         ex = model.exits[1]
         sub = ex(x[keep], prev.features[keep] if ex.feature_reuse else None,

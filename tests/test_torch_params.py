@@ -1,4 +1,5 @@
-"""Parameters of the PyTorch models equal `common.param_spec` for every registered config.
+"""Parameters of the PyTorch models equal `common.param_spec` for every registered config: trainable
+entries are `nn.Parameter`s, frozen ones (sinusoid position table, Performer `w`) persistent buffers.
 
 Full-size models are built on the meta device (shapes only), so all 45 configs take seconds.
 """
@@ -23,30 +24,35 @@ def meta_model(name: str) -> DVT:
 @pytest.mark.parametrize("name", common.list_models())
 def test_named_parameters_equal_param_spec(name):
     model = meta_model(name)
-    got = [(n, tuple(p.shape), p.requires_grad) for n, p in model.named_parameters()]
-    want = [(s.name, s.shape, s.trainable) for s in parameter_specs(model.config)]
-    assert got == want
-    # Constants (resample matrices) never reach a state dict.
-    assert list(model.state_dict()) == [s.name for s in parameter_specs(model.config)]
+    specs = parameter_specs(model.config)
+    got = [(n, tuple(p.shape)) for n, p in model.named_parameters()]
+    assert got == [(s.name, s.shape) for s in specs if s.trainable]
+    assert all(p.requires_grad for p in model.parameters())
+    # Frozen entries are buffers, in the state dict with the spec's names and order; constants
+    # (resample matrices) never reach a state dict.
+    state = model.state_dict()
+    assert [(n, tuple(t.shape)) for n, t in state.items()] == [(s.name, s.shape) for s in specs]
+    buffers = dict(model.named_buffers())
+    assert {s.name for s in specs if not s.trainable} <= set(buffers)
 
 
 @pytest.mark.parametrize("name", common.REFERENCE_MODELS)
 def test_reference_key_set_and_element_count(name):
     model = meta_model(name)
     mapping = name_map(model.config, "reference")
-    ref_names = [mapping[n] for n, _ in model.named_parameters()]
+    ref_names = [mapping[n] for n in model.state_dict()]
     keys, elements = REFERENCE_SIZES[name]
     assert len(set(ref_names)) == len(ref_names) == keys
-    assert sum(p.numel() for p in model.parameters()) == elements
+    assert sum(t.numel() for t in model.state_dict().values()) == elements
     prefixes = ("less_less_token.", "less_token.", "normal_token.")
     assert all(n.startswith(prefixes) for n in ref_names)
     assert any(".feature_resuse_mlp." in n for n in ref_names)  # (sic) reference spelling
 
 
 @pytest.mark.parametrize("name", ["dvt_t2t_vit_12", "dvt_deit_small", "t2t_vit_t_14", "dvt_tiny_t2t"])
-def test_frozen_parameters(name):
+def test_frozen_tensors_are_persistent_buffers(name):
     model = meta_model(name)
-    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    frozen = {n for n, _ in model.named_buffers() if n in model.state_dict()}
     if model.config.pos_embed == "sinusoid":
         performer = [n for n in frozen if n.endswith(".w")]
         assert frozen == {f"exits.{k}.pos_embed" for k in range(model.num_exits)} | set(performer)

@@ -41,7 +41,7 @@ class _Prefix(nn.Module):
         self.model, self.num_exits = model, num_exits
 
     def forward(self, x: torch.Tensor):
-        return tuple(out.logits for out in self.model.forward_intermediates(x, self.num_exits))
+        return tuple(out.logits for out in self.model.forward_exits(x, self.num_exits))
 
 
 def flop_analysis(model: nn.Module, num_exits: int | None = None, batch_size: int = 1) -> FlopCountAnalysis:

@@ -8,6 +8,12 @@ call an exit on the still-active samples only (with the matching rows of prev_fe
 `fast=True` (adaptive inference): the reused relations are computed with larger kernels
 (`reuse_relations`); outputs equal the default path within fp32 rounding. The defaults are the
 reference computation that parity and FLOPs counting use.
+
+The classifier side mirrors torch_impl (timm's ViT conventions): `forward_head(tokens_after_norm,
+pre_logits)` pools (`global_pool`: 'token', 'avg', 'max', 'avgmax' or '') and applies `head` (an Identity
+when `num_classes == 0`); `forward_intermediates` returns the tokens after chosen blocks. The frozen
+sinusoid `pos_embed` stays a frozen Parameter here: MindSpore's `save_checkpoint` stores Parameters only
+(a registered buffer would be missing from every .ckpt).
 """
 from __future__ import annotations
 
@@ -19,10 +25,11 @@ from mindspore.common.initializer import TruncatedNormal, initializer
 
 from common.adaptive import relation_resample_matrix
 from common.config import DVTConfig, T2TTokenizerConfig
+from common.features import check_pool, reduction, take_indices
 from common.pos_embed import sinusoid_table
 
 from .block import Block, ContextSpec
-from .layers import dropout, gelu_layer, layer_norm, linear
+from .layers import dropout, gelu_layer, global_pool_nlc, layer_norm, linear
 from .resample import GridResample
 from .tokenizers import PatchEmbed, T2TTokenizer
 
@@ -74,7 +81,7 @@ def _trunc_normal(shape) -> Tensor:
 class ViTExit(nn.Cell):
     """Exit `index` of `cfg`. Exits k >= 1 reuse exit k-1 as the config says (DESIGN.md §1-2)."""
 
-    def __init__(self, cfg: DVTConfig, index: int):
+    def __init__(self, cfg: DVTConfig, index: int, global_pool: str = "token"):
         super().__init__()
         ex, d = cfg.exits[index], cfg.dim
         self.index, self.grid = index, ex.grid
@@ -116,7 +123,13 @@ class ViTExit(nn.Cell):
                 nn.Conv2d(hidden, c, 1, pad_mode="pad", padding=0, has_bias=True))
             self.relation_resample = GridResample(prev_grid, ex.grid, cfg.reuse_resample)
             self.relation_matrix = Tensor(relation_resample_matrix(prev_grid, ex.grid, cfg.reuse_resample))  # fast path
-        self.head = linear(d, cfg.num_classes)
+        check_pool(global_pool)
+        self.global_pool = global_pool
+        self.num_classes = cfg.num_classes
+        self.num_features = self.head_hidden_size = self.embed_dim = d
+        self.feature_info = [dict(module=f"blocks.{i}", num_chs=d, reduction=reduction(cfg.img_size, ex.grid))
+                             for i in range(cfg.depth)]
+        self.head = linear(d, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
 
     def tokenize(self, x):
         """(B, C, H, W) -> patch tokens (B, grid*grid, D)."""
@@ -145,13 +158,13 @@ class ViTExit(nn.Cell):
         t = m.shape[0]
         return ops.split(ops.matmul(m, r).reshape(b, c, t, t), self.num_heads, axis=1)  # query axis
 
-    def construct(self, x, prev_features=None, prev_relations=None, collect=False, need_relations=True, fast=False):
-        """-> (logits, features, relations); with `collect=True` an `ExitOutput` with the reused parts.
-
-        `need_relations=False`: the blocks drop their attention logits and `relations` is None.
-        `fast=True`: fast relation-reuse kernels (`reuse_relations`).
-        """
-        check_image(x, self.in_chans, self.img_size, self.cls_token.dtype, amp_input_dtype(self, self.cls_token.dtype))
+    def forward_tokens(self, x, prev_features=None, prev_relations=None, collect=False, need_relations=True,
+                       fast=False, take=(), last_block=-1):
+        """Tokenizer, cls token, position embedding and blocks 0..`last_block` (-1: all) ->
+        (tokens before the final norm, relations, contexts, reused relation maps, tokens after the blocks in
+        `take`). Plain tuples throughout, so `construct` can use it in GRAPH mode."""
+        dtype = self.cls_token.dtype
+        check_image(x, self.in_chans, self.img_size, dtype, amp_input_dtype(self, dtype))
         self._check_reuse_inputs(prev_features, prev_relations)
         if self.detach_reused_features and prev_features is not None:
             prev_features = ops.stop_gradient(prev_features)
@@ -162,20 +175,79 @@ class ViTExit(nn.Cell):
         reused = self.reuse_relations(prev_relations, fast) if self.relation_reuse else None
         relations = ()
         contexts = ()
+        taken = ()
         for i, block in enumerate(self.blocks):
-            out = block(t, prev_features, None if reused is None else reused[i], collect, need_relations)
-            t = out[0]
-            if need_relations:
-                relations += (out[1],)
-            if collect:
-                contexts += (out[2],)
-        logits = self.head(self.norm(t)[:, 0])
+            if last_block < 0 or i <= last_block:
+                out = block(t, prev_features, None if reused is None else reused[i], collect, need_relations)
+                t = out[0]
+                if need_relations:
+                    relations += (out[1],)
+                if collect:
+                    contexts += (out[2],)
+                if i in take:
+                    taken += (t,)
+        return t, relations, contexts, reused, taken
+
+    def construct(self, x, prev_features=None, prev_relations=None, collect=False, need_relations=True, fast=False):
+        """-> (logits, features, relations); with `collect=True` an `ExitOutput` with the reused parts.
+
+        `need_relations=False`: the blocks drop their attention logits and `relations` is None.
+        `fast=True`: fast relation-reuse kernels (`reuse_relations`).
+        """
+        t, relations, contexts, reused, _ = self.forward_tokens(x, prev_features, prev_relations, collect,
+                                                                need_relations, fast)
+        logits = self.forward_head(self.norm(t))
         if not need_relations:
             relations = None
         if not collect:
             return logits, t, relations
         return ExitOutput(logits, t, relations, contexts if self.feature_reuse else None,
                           tuple(reused) if reused is not None else None)
+
+    # ---- classifier and features (timm's ViT conventions, as torch_impl) ----------------------------
+    def pool(self, x, pool_type=None):
+        """Tokens (B, T, D) -> pooled (B, D) ('token': the cls token), or unchanged for ''."""
+        return global_pool_nlc(x, self.global_pool if pool_type is None else pool_type)
+
+    def forward_head(self, x, pre_logits=False):
+        """Tokens after the final norm (B, T, D) -> logits (B, num_classes), or the pooled features."""
+        x = self.pool(x)
+        if pre_logits:
+            return x
+        return self.head(x)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new head for `num_classes` (0: Identity), float32 with the reference init; pooling kept unless given."""
+        if global_pool is not None:
+            check_pool(global_pool)
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.head = linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head.set_train(self.training)
+
+    def forward_intermediates(self, x, prev_features=None, prev_relations=None, indices=None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False,
+                              return_prefix_tokens: bool = False):
+        """timm's contract over this exit's blocks: (final tokens after the norm, [intermediates]), as torch_impl.
+
+        A Python-side (PYNATIVE) entry point. Intermediates are (B, D, grid, grid) for 'NCHW' or
+        (B, grid*grid, D) for 'NLC' patch tokens; see `torch_impl.models.exit.ViTExit.forward_intermediates`.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take, max_index = take_indices(len(self.blocks), indices)
+        t, _, _, _, taken = self.forward_tokens(x, prev_features, prev_relations, take=tuple(take),
+                                                last_block=max_index if stop_early else -1)
+        intermediates = []
+        for y in taken:
+            y = self.norm(y) if norm else y
+            patches = y[:, 1:]
+            if output_fmt == "NCHW":
+                patches = ops.permute(patches.reshape(patches.shape[0], self.grid, self.grid, -1), (0, 3, 1, 2))
+            intermediates.append((patches, y[:, :1]) if return_prefix_tokens else patches)
+        if intermediates_only:
+            return intermediates
+        return self.norm(t), intermediates
 
     def _check_reuse_inputs(self, prev_features, prev_relations) -> None:
         if self.feature_reuse != (prev_features is not None):

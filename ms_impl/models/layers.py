@@ -12,7 +12,8 @@ from functools import partial
 from mindspore import nn, ops
 from mindspore.common.initializer import TruncatedNormal
 
-__all__ = ["linear", "layer_norm", "GELU", "gelu_layer", "dropout", "drop_path_layer", "DropPath", "Mlp"]
+__all__ = ["linear", "layer_norm", "GELU", "gelu_layer", "dropout", "drop_path_layer", "DropPath", "Mlp",
+           "global_pool_nlc"]
 
 
 def linear(in_features: int, out_features: int, bias: bool = True) -> nn.Dense:
@@ -84,6 +85,20 @@ class DropPath(nn.Cell):
 
 def drop_path_layer(rate: float) -> nn.Cell:
     return DropPath(rate) if rate > 0.0 else nn.Identity()
+
+
+def global_pool_nlc(x, pool_type: str = "token"):
+    """timm's `global_pool_nlc` with one prefix (cls) token: (B, T, D) -> (B, D); '' returns x unchanged."""
+    if not pool_type:
+        return x
+    if pool_type == "token":
+        return x[:, 0]
+    patches = x[:, 1:]
+    if pool_type == "avg":
+        return patches.mean(axis=1)
+    if pool_type == "max":
+        return patches.max(axis=1)
+    return 0.5 * (patches.max(axis=1) + patches.mean(axis=1))  # 'avgmax'
 
 
 class Mlp(nn.Cell):

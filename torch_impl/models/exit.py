@@ -8,6 +8,12 @@ call an exit on the still-active samples only (with the matching rows of prev_fe
 `fast=True` (adaptive inference): the reused relations are computed with larger kernels
 (`reuse_relations`); outputs equal the default path within fp32 rounding. The defaults are the
 reference computation that parity and FLOPs counting use.
+
+The classifier side follows timm's ViT: `forward_head(tokens_after_norm, pre_logits)` pools
+(`global_pool`: 'token' = the cls token, the reference; 'avg' / 'max' / 'avgmax' over patch tokens;
+'' = no pooling) and applies `head` (an Identity when `num_classes == 0`). `forward_intermediates`
+returns the tokens after chosen blocks with timm's contract (see `dvt.DVT`). With
+`grad_checkpointing` every block is recomputed in the backward pass instead of keeping its activations.
 """
 from __future__ import annotations
 
@@ -15,10 +21,13 @@ from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
+from timm.layers import global_pool_nlc
+from timm.models import checkpoint
 from torch import nn
 
 from common.adaptive import relation_resample_matrix
 from common.config import DVTConfig, T2TTokenizerConfig
+from common.features import check_pool, reduction, take_indices
 from common.pos_embed import sinusoid_table
 
 from .block import Block, ContextSpec
@@ -37,6 +46,17 @@ class ExitOutput(NamedTuple):
     reused_relations: Optional[tuple]  # L x (B, H, T, T) maps added to each block's logits
 
 
+class ExitTokens(NamedTuple):
+    """The token stream of one exit (`ViTExit.forward_tokens`)."""
+
+    tokens: torch.Tensor  # (B, T, D) after the last block run, before the final norm
+    relations: list  # per block run: (B, H, T, T) attention logits (None entries with need_relations=False)
+    contexts: list  # per block run with collect=True: (B, T, ctx) reused context (None without feature reuse)
+    reused: Optional[tuple]  # L x (B, H, T, T) reused relation maps, or None
+    taken: list  # tokens after the blocks listed in `take`, in block order
+
+
+@torch.fx.wrap  # FX: one leaf call that runs on the real tensor (a shape test cannot be traced)
 def check_image(x: torch.Tensor, in_chans: int, img_size: int, dtype: torch.dtype = torch.float32) -> None:
     """ValueError naming the expected shape unless x is (B, in_chans, img_size, img_size); TypeError naming the
     expected dtype (the parameters' dtype: float32 unless the model was cast) for any other dtype."""
@@ -53,7 +73,7 @@ def check_image(x: torch.Tensor, in_chans: int, img_size: int, dtype: torch.dtyp
 class ViTExit(nn.Module):
     """Exit `index` of `cfg`. Exits k >= 1 reuse exit k-1 as the config says (DESIGN.md §1-2)."""
 
-    def __init__(self, cfg: DVTConfig, index: int):
+    def __init__(self, cfg: DVTConfig, index: int, global_pool: str = "token"):
         super().__init__()
         ex, d = cfg.exits[index], cfg.dim
         self.index, self.grid = index, ex.grid
@@ -65,9 +85,8 @@ class ViTExit(nn.Module):
         act = gelu_layer(cfg.gelu)
 
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
-        if cfg.pos_embed == "sinusoid":
-            table = torch.tensor(sinusoid_table(ex.num_tokens, d))
-            self.pos_embed = nn.Parameter(table, requires_grad=False)
+        if cfg.pos_embed == "sinusoid":  # fixed table: a persistent buffer (saved, loaded, never trained)
+            self.register_buffer("pos_embed", torch.tensor(sinusoid_table(ex.num_tokens, d)))
         else:
             self.pos_embed = nn.Parameter(torch.zeros(1, ex.num_tokens, d))
         if isinstance(ex.tokenizer, T2TTokenizerConfig):
@@ -95,12 +114,19 @@ class ViTExit(nn.Module):
             self.register_buffer("relation_matrix",
                                  torch.tensor(relation_resample_matrix(prev_grid, ex.grid, cfg.reuse_resample)),
                                  persistent=False)  # fast path only; never in a state dict
-        self.head = nn.Linear(d, cfg.num_classes)
+        check_pool(global_pool)
+        self.global_pool = global_pool
+        self.num_classes = cfg.num_classes
+        self.num_features = self.head_hidden_size = self.embed_dim = d
+        self.feature_info = [dict(module=f"blocks.{i}", num_chs=d, reduction=reduction(cfg.img_size, ex.grid))
+                             for i in range(cfg.depth)]
+        self.head = nn.Linear(d, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.grad_checkpointing = False
 
         self.apply(init_weights)
         if not self.cls_token.is_meta:
             trunc_normal_(self.cls_token, std=0.02)
-            if self.pos_embed.requires_grad:
+            if isinstance(self.pos_embed, nn.Parameter):
                 trunc_normal_(self.pos_embed, std=0.02)
 
     def tokenize(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,12 +153,12 @@ class ViTExit(nn.Module):
         t = m.shape[0]
         return (m @ r).reshape(B, c, t, t).split(self.num_heads, dim=1)  # query axis
 
-    def forward(self, x: torch.Tensor, prev_features: torch.Tensor | None = None,
-                prev_relations=None, collect: bool = False, need_relations: bool = True, fast: bool = False):
-        """-> (logits, features, relations); with `collect=True` an `ExitOutput` with the reused parts.
+    def forward_tokens(self, x: torch.Tensor, prev_features: torch.Tensor | None = None, prev_relations=None, *,
+                       collect: bool = False, need_relations: bool = True, fast: bool = False, take=(),
+                       last_block: int | None = None) -> ExitTokens:
+        """Tokenizer, cls token, position embedding and blocks 0..`last_block` (default: all).
 
-        `need_relations=False`: the blocks use fused attention and `relations` is None.
-        `fast=True`: fast relation-reuse kernels (`reuse_relations`).
+        The tokens after every block listed in `take` are returned in `taken`.
         """
         check_image(x, self.in_chans, self.img_size, self.cls_token.dtype)
         self._check_reuse_inputs(prev_features, prev_relations)
@@ -142,20 +168,87 @@ class ViTExit(nn.Module):
         t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], dim=1)
         t = self.pos_drop(t + self.pos_embed)
         reused = self.reuse_relations(prev_relations, fast) if self.relation_reuse else None
-        relations, contexts = [], []
-        for i, block in enumerate(self.blocks):
-            out = block(t, prev_features, None if reused is None else reused[i], collect=collect,
-                        need_logits=need_relations)
+        relations, contexts, taken = [], [], []
+        blocks = self.blocks if last_block is None else self.blocks[:last_block + 1]
+        for i, block in enumerate(blocks):
+            args = (t, prev_features, None if reused is None else reused[i], collect, need_relations)
+            if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+                out = checkpoint(block, *args)  # activations recomputed in backward (non-reentrant)
+            else:
+                out = block(*args)
             t = out[0]
             relations.append(out[1])
             if collect:
                 contexts.append(out[2])
-        logits = self.head(self.norm(t)[:, 0])
+            if i in take:
+                taken.append(t)
+        return ExitTokens(t, relations, contexts, reused, taken)
+
+    def forward(self, x: torch.Tensor, prev_features: torch.Tensor | None = None,
+                prev_relations=None, collect: bool = False, need_relations: bool = True, fast: bool = False):
+        """-> (logits, features, relations); with `collect=True` an `ExitOutput` with the reused parts.
+
+        `need_relations=False`: the blocks use fused attention and `relations` is None.
+        `fast=True`: fast relation-reuse kernels (`reuse_relations`).
+        """
+        t, relations, contexts, reused, _ = self.forward_tokens(
+            x, prev_features, prev_relations, collect=collect, need_relations=need_relations, fast=fast)
+        logits = self.forward_head(self.norm(t))
         relations = tuple(relations) if need_relations else None
         if not collect:
             return logits, t, relations
         return ExitOutput(logits, t, relations, tuple(contexts) if self.feature_reuse else None,
                           tuple(reused) if reused is not None else None)
+
+    # ---- classifier and features (timm's ViT conventions) ------------------------------------------
+    def pool(self, x: torch.Tensor, pool_type: str | None = None) -> torch.Tensor:
+        """Tokens (B, T, D) -> pooled (B, D) ('token': the cls token), or unchanged for ''."""
+        return global_pool_nlc(x, pool_type=self.global_pool if pool_type is None else pool_type, num_prefix_tokens=1)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Tokens after the final norm (B, T, D) -> logits (B, num_classes), or the pooled features."""
+        x = self.pool(x)
+        return x if pre_logits else self.head(x)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new head for `num_classes` (0: Identity), on the exit's device and dtype; pooling kept unless given."""
+        if global_pool is not None:
+            check_pool(global_pool)
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        ref = self.cls_token  # always a parameter of the exit: its device and dtype
+        self.head = (nn.Linear(self.embed_dim, num_classes, device=ref.device, dtype=ref.dtype)
+                     if num_classes > 0 else nn.Identity())
+        if num_classes > 0 and not ref.is_meta:
+            init_weights(self.head)
+        self.head.train(self.training)
+
+    def forward_intermediates(self, x: torch.Tensor, prev_features: torch.Tensor | None = None,
+                              prev_relations=None, indices=None, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False,
+                              return_prefix_tokens: bool = False):
+        """timm's contract over this exit's blocks: (final tokens after the norm, [intermediates]).
+
+        `indices`: None = every block, int n = the last n, a sequence = those blocks (negative from the end).
+        Intermediates are the patch tokens after each chosen block, (B, D, grid, grid) for 'NCHW' or
+        (B, grid*grid, D) for 'NLC', normalised by the final norm with `norm=True`; `return_prefix_tokens`
+        pairs each with its cls token (B, 1, D). `stop_early` runs no block past the last chosen one.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take, max_index = take_indices(len(self.blocks), indices)
+        out = self.forward_tokens(x, prev_features, prev_relations, take=take,
+                                  last_block=max_index if stop_early else None)
+        intermediates = []
+        for y in out.taken:
+            y = self.norm(y) if norm else y
+            patches = y[:, 1:]
+            if output_fmt == "NCHW":
+                patches = patches.reshape(patches.shape[0], self.grid, self.grid, -1).permute(0, 3, 1, 2).contiguous()
+            intermediates.append((patches, y[:, :1]) if return_prefix_tokens else patches)
+        if intermediates_only:
+            return intermediates
+        return self.norm(out.tokens), intermediates
 
     def _check_reuse_inputs(self, prev_features, prev_relations) -> None:
         for what, uses, given in (("features", self.feature_reuse, prev_features is not None),

@@ -6,17 +6,24 @@
 Every name in `common.list_models()` gets a generated timm entry point with a pretrained cfg (mean,
 std, crop, interpolation, input size, classes from the config; no URL: weights are local files) and
 `checkpoint_filter_fn`, so timm's own loaders (`checkpoint_path=`, `pretrained=True` with
-`pretrained_cfg_overlay=dict(file=...)`) accept the reference checkpoints too. A name that timm
-already knows from another module is an error, not a silent overwrite.
+`pretrained_cfg_overlay=dict(file=...)`) accept the reference checkpoints too; with `pretrained=True`
+timm re-initialises heads of another `num_classes`, and the filter adapts the first layer of every
+exit to `in_chans` (`common.input_channels`). timm's builder arguments are accepted: any config field
+(`num_classes`, `in_chans`, `img_size`, `drop_path_rate`, ...), `global_pool`, `device`, `dtype`, and
+`features_only=True` (timm's FeatureGetterNet over the last exit's blocks, `out_indices` default 3: the
+last three blocks); an unknown argument raises TypeError as for any timm model. A name that timm already knows
+from another module is an error, not a silent overwrite.
 """
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import timm.models
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from common.config import DVTConfig
+from common.input_channels import first_layer
 from common.registry import get_config, list_models
 
 from ..checkpoint import canonical_state_dict, load_checkpoint
@@ -26,15 +33,19 @@ PAPER = "Not All Images are Worth 16x16 Words: Dynamic Transformers for Efficien
 
 
 def checkpoint_filter_fn(state_dict, model: DVT) -> dict:
-    """timm filter: any container / wrapper prefix / naming -> canonical names (via common.naming)."""
+    """timm filter: any container / wrapper prefix / naming -> canonical names (via common.naming), with
+    each exit's first layer adapted to the model's `in_chans` (a no-op when the channel counts match)."""
+    from ..transfer import adapt_first_layers  # late import: transfer -> checkpoint -> models
     tensors, _, _ = canonical_state_dict(state_dict, model.config)
-    return tensors
+    return adapt_first_layers(tensors, model.config)
 
 
 def pretrained_cfg(cfg: DVTConfig) -> dict:
     """timm pretrained cfg of a config (no weights source: DVT checkpoints are local files)."""
     heads = tuple(f"exits.{k}.head" for k in range(cfg.num_exits))
-    convs = tuple(f"exits.{k}.patch_embed.proj" for k in range(cfg.num_exits)) if cfg.family == "deit" else None
+    convs = tuple(first_layer(cfg, k)[0] for k in range(cfg.num_exits))  # first Conv2d / Linear of each exit
+    if cfg.num_exits == 1:  # a single-exit backbone names its layers as any timm model does
+        heads, convs = heads[0], convs[0]
     return dict(
         num_classes=cfg.num_classes, input_size=(cfg.in_chans, cfg.img_size, cfg.img_size),
         fixed_input_size=True, pool_size=None, crop_pct=cfg.crop_pct, interpolation=cfg.interpolation,
@@ -44,10 +55,11 @@ def pretrained_cfg(cfg: DVTConfig) -> dict:
         description=cfg.description or None)
 
 
-def create_model(name: str, checkpoint_path=None, *, use_ema: bool = False, **overrides) -> DVT:
+def create_model(name: str, checkpoint_path=None, *, use_ema: bool = False, global_pool: str = "token",
+                 **overrides) -> DVT:
     """The registered config `name` (fields overridden by `overrides`), optionally loaded strictly."""
     cfg = get_config(name, **overrides)
-    model = DVT(cfg)
+    model = DVT(cfg, global_pool=global_pool)
     model.pretrained_cfg = model.default_cfg = pretrained_cfg(cfg)
     if checkpoint_path is not None:
         load_checkpoint(model, checkpoint_path, use_ema=use_ema)
@@ -55,20 +67,32 @@ def create_model(name: str, checkpoint_path=None, *, use_ema: bool = False, **ov
 
 
 # ---- timm registry -------------------------------------------------------------------------------
-def _dvt_from_kwargs(name: str, img_size=None, **overrides) -> DVT:
-    """Model class for timm's builder: timm passes img_size as (H, W) for fixed-size models."""
+_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(DVTConfig)) - {"name", "exits"}
+
+
+def _dvt_from_kwargs(name: str, img_size=None, global_pool: str | None = None, device=None, dtype=None,
+                     **overrides) -> DVT:
+    """Model class for timm's builder: timm passes img_size as (H, W) for fixed-size models; anything that is
+    not a config field, `global_pool`, `device` or `dtype` is a TypeError, as for timm's own models."""
+    unknown = sorted(set(overrides) - _CONFIG_FIELDS)
+    if unknown:
+        raise TypeError(f"{name}() got unexpected keyword argument(s) {unknown}; it takes config fields "
+                        f"({', '.join(sorted(_CONFIG_FIELDS))}), global_pool, device and dtype")
     if isinstance(img_size, (tuple, list)):
         if len(img_size) != 2 or img_size[0] != img_size[1]:
             raise ValueError(f"{name}: DVT needs square inputs, got img_size={tuple(img_size)}")
         img_size = img_size[0]
     if img_size is not None:
         overrides["img_size"] = int(img_size)
-    return DVT(get_config(name, **overrides))
+    return DVT(get_config(name, **overrides), global_pool=global_pool or "token", device=device, dtype=dtype)
 
 
 def _create(name: str, pretrained: bool = False, **kwargs) -> DVT:
+    depth = kwargs.get("depth", get_config(name).depth)
+    out_indices = kwargs.pop("out_indices", min(3, depth))  # timm's ViT default: the last three blocks
     return build_model_with_cfg(partial(_dvt_from_kwargs, name), name, pretrained,
-                                pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+                                pretrained_filter_fn=checkpoint_filter_fn,
+                                feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
 
 
 def _entrypoint(name: str):

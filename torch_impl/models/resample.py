@@ -84,6 +84,6 @@ class GridResample(nn.Module):
         return self._last_axis(r.transpose(-1, -2)).transpose(-1, -2)
 
     def _last_axis(self, r: torch.Tensor) -> torch.Tensor:
-        lead = r.shape[:-1]
-        patches = self(r[..., 1:].reshape(*lead, self.src, self.src))
-        return torch.cat([r[..., :1], patches.reshape(*lead, self.dst * self.dst)], dim=-1)
+        B, C, n, _ = r.shape  # named sizes, not `*shape[:-1]`: torch.fx can trace these
+        patches = self(r[..., 1:].reshape(B, C, n, self.src, self.src))
+        return torch.cat([r[..., :1], patches.reshape(B, C, n, self.dst * self.dst)], dim=-1)

@@ -15,16 +15,45 @@ from torch import nn
 
 from common.config import PatchTokenizerConfig, T2TTokenizerConfig
 
+from timm.layers import register_notrace_module
+
 from .layers import Mlp, compute_dtype, full_precision
 
 TOKEN_LAYER_NORM_EPS = 1e-5  # token layers use nn.LayerNorm defaults in the reference
 
 
+@register_notrace_module  # FX: a leaf (its autocast guard asks the device, which tracing cannot answer)
+class RandomFeatureAttention(nn.Module):
+    """The Performer's linear attention, parameterless; runs in at least fp32, also under autocast.
+
+    phi(z) = exp(z @ w^T - |z|^2 / 2) / sqrt(m); y = phi(q) (phi(k)^T v) / (phi(q) sum_t phi(k) + eps).
+    """
+
+    def __init__(self, num_features: int, epsilon: float = 1e-8):
+        super().__init__()
+        self.m = num_features
+        self.epsilon = epsilon
+
+    def random_features(self, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """(B, T, emb) -> (B, T, m)."""
+        w = w.to(z.dtype)
+        return torch.exp(z @ w.transpose(0, 1) - (z * z).sum(dim=-1, keepdim=True) / 2) / math.sqrt(self.m)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        dtype = compute_dtype(v)
+        with full_precision(v):
+            qp, kp = self.random_features(q.to(dtype), w), self.random_features(k.to(dtype), w)
+            normaliser = qp @ kp.sum(dim=1).unsqueeze(-1)  # (B, T, 1)
+            kptv = v.to(dtype).transpose(1, 2) @ kp  # (B, emb, m)
+            y = (qp @ kptv.transpose(1, 2)) / (normaliser + self.epsilon)
+        return y.to(v.dtype)
+
+
 class TokenPerformer(nn.Module):
     """One-head Performer token layer with m positive random features from a frozen `w`.
 
-    `w` (m, emb) is a saved, frozen parameter: checkpoints carry it and it is never redrawn.
-    The random-feature attention runs in at least fp32, also under autocast.
+    `w` (m, emb) is a persistent buffer: checkpoints carry it (same name as the reference's frozen
+    parameter), it is never redrawn and never trained. The random-feature attention runs in at least fp32.
     """
 
     def __init__(self, dim: int, emb: int, num_features: int, dropout: float = 0.1, act_layer=nn.GELU):
@@ -37,22 +66,11 @@ class TokenPerformer(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=TOKEN_LAYER_NORM_EPS)
         self.norm2 = nn.LayerNorm(emb, eps=TOKEN_LAYER_NORM_EPS)
         self.mlp = nn.Sequential(nn.Linear(emb, emb), act_layer(), nn.Linear(emb, emb), nn.Dropout(dropout))
-        w = nn.init.orthogonal_(torch.empty(num_features, emb)) * math.sqrt(num_features)
-        self.w = nn.Parameter(w, requires_grad=False)
-
-    def random_features(self, z: torch.Tensor) -> torch.Tensor:
-        """phi(z) = exp(z @ w^T - |z|^2 / 2) / sqrt(m): (B, T, emb) -> (B, T, m)."""
-        w = self.w.to(z.dtype)
-        return torch.exp(z @ w.transpose(0, 1) - (z * z).sum(dim=-1, keepdim=True) / 2) / math.sqrt(self.m)
+        self.register_buffer("w", nn.init.orthogonal_(torch.empty(num_features, emb)) * math.sqrt(num_features))
+        self.random_feature_attn = RandomFeatureAttention(num_features, self.epsilon)
 
     def linear_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        dtype = compute_dtype(v)
-        with full_precision(v):
-            qp, kp = self.random_features(q.to(dtype)), self.random_features(k.to(dtype))
-            normaliser = qp @ kp.sum(dim=1).unsqueeze(-1)  # (B, T, 1)
-            kptv = v.to(dtype).transpose(1, 2) @ kp  # (B, emb, m)
-            y = (qp @ kptv.transpose(1, 2)) / (normaliser + self.epsilon)
-        return y.to(v.dtype)
+        return self.random_feature_attn(q, k, v, self.w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, q, v = torch.split(self.kqv(self.norm1(x)), self.emb, dim=-1)  # reference order: k, q, v
