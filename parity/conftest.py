@@ -44,6 +44,19 @@ def _frameworks():
         torch.set_num_threads(threads)
 
 
+def pytest_sessionfinish(session):
+    """Under pytest-xdist each worker records its own rows: hand them to the controller."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["parity_rows"] = paritylib.rows_to_json(paritylib.REPORT)
+
+
+def pytest_testnodedown(node, error):
+    """Controller side of pytest-xdist: collect the rows a worker recorded (see pytest_sessionfinish)."""
+    rows = getattr(node, "workeroutput", {}).get("parity_rows")
+    if rows:
+        paritylib.REPORT.extend(paritylib.rows_from_json(rows))
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     text = paritylib.report_markdown()
     if not text:

@@ -9,8 +9,10 @@ Tolerances are the issue's and are never loosened here; a failure means a cause 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import io
+import json
 import os
 import zlib
 from dataclasses import dataclass, field
@@ -200,6 +202,16 @@ REPORT: list[Row] = []
 def record(row: Row) -> Row:
     REPORT.append(row)
     return row
+
+
+def rows_to_json(rows: list[Row]) -> str:
+    """Rows as JSON (how pytest-xdist workers hand their rows to the controller, conftest.py)."""
+    return json.dumps([dataclasses.asdict(r) for r in rows])
+
+
+def rows_from_json(text: str) -> list[Row]:
+    return [Row(**{**d, "values": {k: tuple(v) if isinstance(v, list) else v for k, v in d["values"].items()}})
+            for d in json.loads(text)]
 
 
 def compare_outputs(config: str, check: str, ref: dict, got: dict, logits_tol: float,
