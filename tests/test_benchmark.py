@@ -145,5 +145,8 @@ def test_benchmark_rejects_bad_arguments():
         tool.parse_args(["--framework", "jax"])
     with pytest.raises(SystemExit):
         tool.parse_args(["--kernels", "turbo"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="do not have 3 fractions"):
         tool.mixtures_for(3, "0.5/0.5")
+    with pytest.raises(SystemExit) as exc:  # parse_args turns it into a usage error, exit status 2
+        tool.parse_args(["--models", "dvt_tiny_deit", "--mixtures", "0.5/0.5"])
+    assert exc.value.code == 2
