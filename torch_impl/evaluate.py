@@ -26,7 +26,7 @@ import torch
 from common.checkpoints import extract_state_dict, infer_configs
 from common.config import DVTConfig
 from common.registry import get_config, list_models
-from common.training import finalize_run, parse_eval_args, resolve_splits, write_run_config
+from common.training import finalize_run, parse_eval_args, resolve_splits, run_pictures, write_run_config
 from common.training.output_folder import claim_eval_output
 from common.training.splits import check_split_images, dataset_info, dataset_num_classes
 from torch_impl.checkpoint import canonical_state_dict, read_checkpoint, validate
@@ -98,7 +98,8 @@ def evaluate(args, out: Path) -> dict:
                         weights={"checkpoint": str(args.checkpoint), "ema": bool(args.use_ema),
                                  "epochs_completed": int(epoch) if isinstance(epoch, int) else None},
                         solvers=args.solvers, seed=args.seed,
-                        files={"checkpoint": str(args.checkpoint), "train_state": None, "args": None, "log": None})
+                        files={"checkpoint": str(args.checkpoint), "train_state": None, "args": None, "log": None},
+                        **run_pictures(splits, args))
 
 
 def main(argv=None) -> int:

@@ -178,7 +178,7 @@ def format_table(rows, names, single) -> str:
 
 
 def write_results(out: Path, result: dict, curves, tests, calib_scores: ExitScores, test_scores: ExitScores,
-                  title: str) -> None:
+                  title: str, grids=None, baselines: dict | None = None) -> None:
     """Render THRESHOLD_FILES into a staging directory, then move them into `out` (no partial output).
 
     A missing `out` is created by the move; in an existing one only THRESHOLD_FILES are replaced.
@@ -199,10 +199,12 @@ def write_results(out: Path, result: dict, curves, tests, calib_scores: ExitScor
         plot_accuracy_vs_gflops(staging / "accuracy_vs_gflops.png",
                                 {n: ([e.expected_gflops for e in tests[n]], [e.accuracy for e in tests[n]])
                                  for n in curves},
-                                (gf, anytime_accuracy(test_scores.correct)), f"{title} — test split")
+                                (gf, anytime_accuracy(test_scores.correct)), f"{title} — test split",
+                                grids=grids, baselines=baselines)
         plot_accuracy_vs_gflops(staging / "accuracy_vs_gflops_calibration.png",
                                 {n: (c.expected_gflops, c.accuracy) for n, (c, _) in curves.items()},
-                                (gf, anytime_accuracy(calib_scores.correct)), f"{title} — calibration split")
+                                (gf, anytime_accuracy(calib_scores.correct)), f"{title} — calibration split",
+                                grids=grids)
         plot_exit_counts(staging / "exit_counts.png",
                          {n: (c.budgets, np.array([e.exit_counts for e in tests[n]])) for n, (c, _) in curves.items()},
                          f"{title} — samples leaving at each exit per budget (test split)")
@@ -217,10 +219,12 @@ def write_results(out: Path, result: dict, curves, tests, calib_scores: ExitScor
 
 def run_thresholds(calib_out: ExitOutputs, test_out: ExitOutputs, out_dir,
                    options: ThresholdOptions = ThresholdOptions(), split: dict | None = None,
-                   verbose: bool = True) -> dict:
+                   verbose: bool = True, grids=None, baselines: dict | None = None) -> dict:
     """Solve on `calib_out`, evaluate on `test_out`, write THRESHOLD_FILES into `out_dir`; return the result.
 
     `split` describes where the two splits came from (merged into the result's "calibration"/"test").
+    `grids` (token grid per exit) and `baselines` (name -> (GFLOPs, test accuracy) of single-exit backbones)
+    only label the accuracy-vs-GFLOPs plots.
     """
     if calib_out.num_exits < 2:
         raise ThresholdOptionError(f"thresholds need at least 2 exits, the outputs have {calib_out.num_exits}")
@@ -263,7 +267,8 @@ def run_thresholds(calib_out: ExitOutputs, test_out: ExitOutputs, out_dir,
         for n, (c, t) in curves.items():
             print(f"  {n}: {c.num_points} points in {t:.2f} s")
         print(format_table(rows, list(curves), single))
-    write_results(Path(out_dir), result, curves, tests, calib, test, calib_out.model or "thresholds")
+    write_results(Path(out_dir), result, curves, tests, calib, test, calib_out.model or "thresholds", grids=grids,
+                  baselines=baselines)
     if verbose:
         print(f"wrote {', '.join(THRESHOLD_FILES)} to {out_dir}")
     return result

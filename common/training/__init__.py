@@ -8,7 +8,8 @@ test splits into the npz outputs, thresholds, plots and `summary.json` (layout i
 numbers (for trainers without timm).
 """
 from .args import build_eval_parser, build_train_parser, parse_eval_args, parse_train_args
-from .finalize import checkpoint_extras, finalize_run, format_summary
+from .finalize import checkpoint_extras, finalize_run, format_summary, load_baselines, run_pictures
+from .gallery import SplitImages
 from .logs import CSVLog, epoch_row, format_epoch_line
 from .recipes import DIGITS_RECIPE, REFERENCE_RECIPES, recipe_for
 from .run_files import resolve_resume, run_files, write_run_config
@@ -17,7 +18,8 @@ from .splits import DataSplits, SplitData, resolve_splits
 from .summary import SUMMARY_KEYS, build_summary, load_summary, validate_summary, write_summary
 
 __all__ = ["build_eval_parser", "build_train_parser", "parse_eval_args", "parse_train_args", "checkpoint_extras",
-           "finalize_run", "format_summary", "CSVLog", "epoch_row", "format_epoch_line", "DIGITS_RECIPE",
+           "finalize_run", "load_baselines", "run_pictures", "SplitImages", "format_summary", "CSVLog", "epoch_row",
+           "format_epoch_line", "DIGITS_RECIPE",
            "REFERENCE_RECIPES", "recipe_for", "lr_at", "lr_for_args", "total_epochs", "resolve_resume", "run_files",
            "write_run_config", "DataSplits", "SplitData", "resolve_splits", "SUMMARY_KEYS", "build_summary",
            "load_summary", "validate_summary", "write_summary"]

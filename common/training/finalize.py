@@ -8,6 +8,10 @@ on the calibration split (or, given `train=` outputs, on the training split, as 
 `train_outputs.npz`) and reports them on the test split (`common.thresholds.pipeline`: thresholds.json
 with its default solver, and the plots; skipped for single-exit models), then `summary.json`
 (`common.training.summary`). Logits are (K, N, C) arrays, labels (N,), in the order of the split.
+
+Pictures: with `test_images` (a `common.training.gallery.SplitImages` of the test split, in the order of
+its logits) a cascade also gets `easy_hard_examples.png`, the paper's Fig. 9; `baselines` (finished runs of
+single-exit backbones on the same data, `load_baselines`) become labelled points of accuracy_vs_gflops.png.
 """
 from __future__ import annotations
 
@@ -21,14 +25,16 @@ from common.thresholds import ExitOutputs
 from common.thresholds.outputs import write_exit_outputs
 from common.thresholds.pipeline import DEFAULT_SOLVERS_TEXT, ThresholdOptions, parse_solvers, run_thresholds
 
+from .gallery import EASY_HARD_FILE, SplitImages, write_easy_hard
 from .run_files import run_files
-from .summary import build_summary, write_summary
+from .summary import build_summary, load_summary, write_summary
 
 
 def finalize_run(out_dir, cfg: DVTConfig, *, calib: tuple, test: tuple, framework: str, mode: str, dataset: dict,
                  weights: dict, solvers: str = DEFAULT_SOLVERS_TEXT, seed: int = 0,
                  train_seconds: float | None = None, files: dict | None = None, verbose: bool = True,
-                 train: tuple | None = None) -> dict:
+                 train: tuple | None = None, test_images: SplitImages | None = None,
+                 baselines: dict | None = None) -> dict:
     """Write outputs, thresholds, plots and summary.json into `out_dir`; return the summary dict.
 
     `files` overrides entries of the summary's file list (e.g. files the run did not write set to None).
@@ -53,8 +59,13 @@ def finalize_run(out_dir, cfg: DVTConfig, *, calib: tuple, test: tuple, framewor
         split = {"calibration": {"file": names[f"{solve_split}_outputs"], "split": solve_split},
                  "test": {"file": names["test_outputs"], "split": "test"}}
         result = run_thresholds(solve_on, test_out, out, ThresholdOptions(solvers=parse_solvers(solvers), seed=seed),
-                                split=split, verbose=False)
+                                split=split, verbose=False, grids=cfg.grids, baselines=baselines)
         result["solved_on"] = solve_split
+        drawn = test_images is not None
+        if drawn:
+            write_easy_hard(out / EASY_HARD_FILE, test[0], test[1], test_images,
+                            title=f"{cfg.name}: easy and hard test images (paper Fig. 9)")
+        names["plots"] = [p for p in names["plots"] if p != EASY_HARD_FILE or drawn]
     else:
         names["thresholds"], names["plots"] = None, []
     names.update(files or {})
@@ -65,6 +76,31 @@ def finalize_run(out_dir, cfg: DVTConfig, *, calib: tuple, test: tuple, framewor
     if verbose:
         print(format_summary(summary))
     return summary
+
+
+def load_baselines(run_dirs, dataset: dict) -> dict:
+    """name -> (GFLOPs, test top-1) of finished runs (their summary.json; the last exit of each), for the plots.
+
+    A run on other data (another dataset name or test-split size) cannot be compared: it is left out with a
+    message (the flags were checked before training; a finished run is never lost over a picture)."""
+    out = {}
+    for run in run_dirs or ():
+        s = load_summary(Path(run) / "summary.json")
+        theirs = (s["dataset"].get("name"), s["dataset"].get("sizes", {}).get("test"))
+        ours = (dataset.get("name"), dataset.get("sizes", {}).get("test"))
+        if theirs != ours:
+            print(f"warning: --baseline {run} left out of the plot: it was evaluated on {theirs[0]} with {theirs[1]} "
+                  f"test images, this run on {ours[0]} with {ours[1]}")
+            continue
+        out[s["model"]] = (float(s["gflops"][-1]), float(s["top1"]["test"][-1]))
+    return out
+
+
+def run_pictures(splits, args) -> dict:
+    """finalize_run's picture arguments for a trainer or evaluator: its test images and its --baseline runs."""
+    from .splits import dataset_info
+    return {"test_images": SplitImages(splits.test, splits.class_names),
+            "baselines": load_baselines(getattr(args, "baseline", None) or (), dataset_info(args.dataset, splits))}
 
 
 def checkpoint_extras(out_dir, summary: dict) -> dict:
