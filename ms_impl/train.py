@@ -43,7 +43,7 @@ import numpy as np
 
 from common.registry import get_config
 from common.training import (CSVLog, checkpoint_extras, epoch_row, finalize_run, format_epoch_line, parse_train_args,
-                             resolve_resume, resolve_splits, run_files, write_run_config)
+                             resolve_resume, resolve_splits, run_files, run_pictures, write_run_config)
 from common.training.run_files import args_to_dict
 from common.training.output_folder import claim_train_output
 from common.training.splits import check_split_images, dataset_info, num_classes_for
@@ -64,6 +64,14 @@ from ms_impl.transfer import load_for_transfer
 
 FRAMEWORK = "mindspore"
 LOSS_SCALE = dict(scale_value=2.0 ** 16, scale_factor=2, scale_window=2000)  # torch GradScaler's defaults
+
+
+def loss_scale_for(loss_scale) -> dict:
+    """DynamicLossScaler arguments for --loss-scale: 'dynamic', or a fixed value (factor 1: it never moves,
+    and the state keeps its counter, so resuming works the same way)."""
+    if loss_scale == "dynamic":
+        return dict(LOSS_SCALE)
+    return dict(scale_value=float(loss_scale), scale_factor=1, scale_window=2 ** 30)
 
 
 def seed_everything(seed: int) -> None:
@@ -111,8 +119,8 @@ def build_optimisation(args, model, dist: DistInfo) -> Optimisation:
     loss_scaler = None
     if args.amp:  # Ascend / GPU only (check_args)
         from ms_impl.amp import apply_amp
-        apply_amp(model, "O1", ms.float16)
-        loss_scaler = ms.amp.DynamicLossScaler(**LOSS_SCALE)
+        apply_amp(model, args.amp_level, ms.float16)
+        loss_scaler = ms.amp.DynamicLossScaler(**loss_scale_for(args.loss_scale))
     step = TrainStep(model, optimizer, exit_weights=args.exit_weights, clip_grad=args.clip_grad,
                      loss_scaler=loss_scaler, grad_reducer=dist.grad_reducer(optimizer.parameters))
     ema = None
@@ -121,7 +129,7 @@ def build_optimisation(args, model, dist: DistInfo) -> Optimisation:
             copy = DVT(model.config)
         if args.amp:
             from ms_impl.amp import apply_amp
-            apply_amp(copy, "O1", ms.float16)
+            apply_amp(copy, args.amp_level, ms.float16)
         ema = ModelEma(model, copy, decay=args.model_ema_decay)
     mixup = None
     if args.mixup > 0 or args.cutmix > 0:
@@ -235,7 +243,8 @@ def train(args, dist: DistInfo, out: Path) -> int:
                            dataset=dataset_info(args.dataset, splits),
                            weights={"checkpoint": files["checkpoint"], "ema": opt.ema is not None,
                                     "epochs_completed": opt.num_epochs, "epochs": opt.num_epochs},
-                           solvers=args.solvers, seed=args.seed, train_seconds=train_seconds)
+                           solvers=args.solvers, seed=args.seed, train_seconds=train_seconds,
+                           **run_pictures(splits, args))
     save_checkpoint(eval_model, out / files["checkpoint"],
                     extras={"epoch": opt.num_epochs, "ema": opt.ema is not None, **checkpoint_extras(out, summary)})
     print(f"done in {time.perf_counter() - started:.0f} s; outputs in {out}")

@@ -45,7 +45,7 @@ from timm.utils import ModelEmaV3
 
 from common.registry import get_config
 from common.training import (CSVLog, checkpoint_extras, epoch_row, finalize_run, format_epoch_line, parse_train_args,
-                             resolve_resume, resolve_splits, run_files, write_run_config)
+                             resolve_resume, resolve_splits, run_files, run_pictures, write_run_config)
 from common.training.run_files import args_to_dict
 from common.training.output_folder import claim_train_output
 from common.training.splits import check_split_images, dataset_info, num_classes_for
@@ -105,6 +105,14 @@ class Optimisation:
     criterion: torch.nn.Module
 
 
+def grad_scaler(args, device: torch.device) -> torch.amp.GradScaler:
+    """torch.amp's loss scaling on CUDA: --loss-scale 'dynamic' (its defaults) or a fixed start that never grows."""
+    enabled = args.amp and device.type == "cuda"
+    if args.loss_scale == "dynamic":
+        return torch.amp.GradScaler("cuda", enabled=enabled)
+    return torch.amp.GradScaler("cuda", init_scale=float(args.loss_scale), growth_interval=2 ** 31 - 1, enabled=enabled)
+
+
 def build_optimisation(args, model, steps_per_epoch: int, device: torch.device) -> Optimisation:
     optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
                                     eps=args.opt_eps, betas=tuple(args.opt_betas))
@@ -117,7 +125,7 @@ def build_optimisation(args, model, steps_per_epoch: int, device: torch.device) 
                      switch_prob=args.mixup_switch_prob, label_smoothing=args.smoothing,
                      num_classes=model.num_classes) if mixup_active else None
     return Optimisation(optimizer, scheduler, num_epochs,
-                        torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda"),
+                        grad_scaler(args, device),
                         autocast_for(device, args.amp),
                         ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None,
                         mixup_fn, criterion_for(args, mixup_active).to(device))
@@ -246,7 +254,8 @@ def train(args, dist: DistInfo, out: Path) -> int:
                            dataset=dataset_info(args.dataset, splits),
                            weights={"checkpoint": files["checkpoint"], "ema": opt.ema is not None,
                                     "epochs_completed": opt.num_epochs, "epochs": opt.num_epochs},
-                           solvers=args.solvers, seed=args.seed, train_seconds=train_seconds)
+                           solvers=args.solvers, seed=args.seed, train_seconds=train_seconds,
+                           **run_pictures(splits, args))
     save_checkpoint(eval_model, out / files["checkpoint"],
                     extras={"epoch": opt.num_epochs, "ema": opt.ema is not None, **checkpoint_extras(out, summary)})
     print(f"done in {time.perf_counter() - started:.0f} s; outputs in {out}")

@@ -21,6 +21,9 @@ DEVICES = {"torch": ("auto", "cpu", "cuda"), "mindspore": ("auto", "CPU", "GPU",
 CALIBRATE_ON = ("calib", "train")
 CALIBRATE_ON_HELP = ("split the thresholds are solved on: the held-out calibration split, or the training split "
                      "without augmentation (the paper's choice; also writes train_outputs.npz)")
+AMP_LEVELS = ("O1", "O2", "auto")  # ms_impl.amp levels; torch.amp autocast runs for each (module docstring)
+BASELINE_HELP = ("a finished run of a single-exit backbone on the same data (e.g. t2t_vit_12): drawn as a labelled point "
+                 "in accuracy_vs_gflops.png; repeatable")
 CPU_THREADS_HELP = ("MindSpore CPU kernel threads; 1 (default) makes CPU runs bitwise reproducible (multi-threaded "
                     "kernels sum in a thread-dependent order), 0 = MindSpore's own pool")
 
@@ -89,6 +92,11 @@ def build_train_parser(framework: str = "torch") -> argparse.ArgumentParser:
     g.add_argument("--model-ema", action=argparse.BooleanOptionalAction, default=False)
     g.add_argument("--model-ema-decay", type=float, default=0.9998)
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False, help="mixed precision")
+    g.add_argument("--amp-level", choices=AMP_LEVELS, default="O1",
+                   help="with --amp: MindSpore's level (ms_impl.amp); PyTorch runs torch.amp autocast (O1-like) for each")
+    g.add_argument("--loss-scale", default="dynamic",
+                   help="with --amp: 'dynamic' (from 2^16, halved on overflow, doubled after 2000 good steps) or a "
+                        "fixed number (MindCV's fixed loss scale; PyTorch's GradScaler starts there and never grows)")
 
     g = p.add_argument_group("run")
     g.add_argument("--output", default=None,
@@ -114,6 +122,7 @@ def build_train_parser(framework: str = "torch") -> argparse.ArgumentParser:
                    help="threshold solvers to run at the end; thresholds.json's default_solver is the first of "
                         "anchored or the first listed")
     g.add_argument("--calibrate-on", choices=CALIBRATE_ON, default="calib", help=CALIBRATE_ON_HELP)
+    g.add_argument("--baseline", action="append", default=None, metavar="RUN_DIR", help=BASELINE_HELP)
     return p
 
 
@@ -195,6 +204,7 @@ def _validate(args, parser, cfg) -> None:
         parser.error("--max-steps-per-epoch must be >= 1")
     if args.eval_batch_size is None:
         args.eval_batch_size = 2 * args.batch_size
+    _validate_amp_and_baselines(args, parser)
     if args.drop_path is None:
         args.drop_path = cfg.drop_path_rate
 
@@ -234,6 +244,7 @@ def build_eval_parser(framework: str = "torch") -> argparse.ArgumentParser:
     p.add_argument("--solvers", default=DEFAULT_SOLVERS_TEXT, help="threshold solvers")
     p.add_argument("--calibrate-on", choices=CALIBRATE_ON, default="calib", help=CALIBRATE_ON_HELP)
     p.add_argument("--seed", type=int, default=42, help="seed of the genetic solver")
+    p.add_argument("--baseline", action="append", default=None, metavar="RUN_DIR", help=BASELINE_HELP)
     return p
 
 
@@ -254,4 +265,21 @@ def parse_eval_args(argv=None, framework: str = "torch") -> argparse.Namespace:
         parser.error("--batch-size must be >= 1")
     if args.output and os.path.exists(args.output) and not os.path.isdir(args.output):
         parser.error(f"--output {args.output!r} exists and is not a folder")
+    _validate_amp_and_baselines(args, parser)
     return args
+
+
+def _validate_amp_and_baselines(args, parser) -> None:
+    """--loss-scale is 'dynamic' or a positive number; every --baseline is a finished run (its summary.json)."""
+    scale = getattr(args, "loss_scale", "dynamic")
+    if str(scale) != "dynamic":
+        try:
+            value = float(scale)
+        except ValueError:
+            value = -1.0
+        if not value > 0:
+            parser.error(f"--loss-scale takes 'dynamic' or a positive number, got {scale!r}")
+        args.loss_scale = value
+    for run in args.baseline or ():
+        if not os.path.isfile(os.path.join(run, "summary.json")):
+            parser.error(f"--baseline {run!r}: not a finished run (expected {os.path.join(run, 'summary.json')})")
