@@ -28,6 +28,17 @@ class ContextSpec:
     norm: bool = True  # False: the MindSpore port's discarded LayerNorm (held, frozen, skipped)
 
 
+class HeldLayerNorm(nn.Module):
+    """The weight and bias of a LayerNorm that is never applied (the MindSpore port's discarded context norm):
+    persistent buffers under the LayerNorm's names, so checkpoints carry them and no optimizer sees them."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(dim))
+        self.register_buffer("bias", torch.zeros(dim))
+
+
 class Block(nn.Module):
     """`forward(x, prev_features=None, reused_logits=None) -> (out, logits)`.
 
@@ -54,8 +65,8 @@ class Block(nn.Module):
                 nn.LayerNorm(dim, eps=norm_eps),
                 Mlp(dim, context.hidden, context.dim, act_layer=act_layer, drop=drop))
             self.context_norm = context.norm
-            if not context.norm:  # its output would be thrown away: skip it, and give it no gradient to miss
-                self.feature_reuse_mlp[0].requires_grad_(False)
+            if not context.norm:  # its output would be thrown away: skip it; its tensors are held, not trained
+                self.feature_reuse_mlp[0] = HeldLayerNorm(dim, eps=norm_eps)
             self.context_resample = GridResample(context.src_grid, context.dst_grid, context.resample)
 
     def forward(self, x: torch.Tensor, prev_features: torch.Tensor | None = None,
