@@ -2,7 +2,8 @@
 
     import torch_impl
     model = torch_impl.create_model("dvt_t2t_vit_12", checkpoint_path="released.pth")
-    logits = model(images)            # tuple, one (B, 1000) tensor per exit
+    logits = model(images)            # tuple, one (B, 1000) tensor per exit (one tensor for a single-exit model)
+    model.forward_features(images)    # timm's model API, per exit (torch_impl/models/dvt.py)
 
 Importing this package also registers every config of `common.list_models()` in timm, so
 `timm.create_model("dvt_t2t_vit_12")` builds the same model.

@@ -61,11 +61,10 @@ def finalize_run(out_dir, cfg: DVTConfig, *, calib: tuple, test: tuple, framewor
         result = run_thresholds(solve_on, test_out, out, ThresholdOptions(solvers=parse_solvers(solvers), seed=seed),
                                 split=split, verbose=False, grids=cfg.grids, baselines=baselines)
         result["solved_on"] = solve_split
-        drawn = test_images is not None
-        if drawn:
+        if test_images is not None:
             write_easy_hard(out / EASY_HARD_FILE, test[0], test[1], test_images,
                             title=f"{cfg.name}: easy and hard test images (paper Fig. 9)")
-        names["plots"] = [p for p in names["plots"] if p != EASY_HARD_FILE or drawn]
+            names["plots"] = list(names["plots"]) + [EASY_HARD_FILE]
     else:
         names["thresholds"], names["plots"] = None, []
     names.update(files or {})

@@ -17,8 +17,7 @@ from common.atomic import atomic_write_text
 from common.config import DVTConfig
 
 CHECKPOINT_SUFFIX = {"torch": ".pth", "mindspore": ".ckpt"}
-PLOTS = ("accuracy_vs_gflops.png", "accuracy_vs_gflops_calibration.png", "exit_counts.png",
-         "easy_hard_examples.png")  # the last one: when the trainer hands finalize_run the test images
+PLOTS = ("accuracy_vs_gflops.png", "accuracy_vs_gflops_calibration.png", "exit_counts.png")
 # Entries of args that are not flags (or must not be replayed) when args.yaml is passed back with --config.
 _NOT_REPLAYED = ("config", "framework", "resume")
 
