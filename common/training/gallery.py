@@ -14,9 +14,10 @@ from typing import Sequence
 
 import numpy as np
 
+from .run_files import EASY_HARD_FILE
 from .splits import SplitData
 
-EASY_HARD_FILE = "easy_hard_examples.png"
+__all__ = ["EASY_HARD_FILE", "SplitImages", "Example", "easy_and_hard", "write_easy_hard"]
 
 
 class SplitImages:

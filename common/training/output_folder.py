@@ -33,7 +33,7 @@ except ImportError:  # Windows: no advisory lock (the other checks still apply)
 
 from common.thresholds.pipeline import THRESHOLD_FILES
 
-from .run_files import PLOTS, run_files
+from .run_files import EASY_HARD_FILE, PLOTS, run_files
 
 OUTPUT_ROOT = "outputs"
 # Files only a training run writes: a folder holding one of them is a training run's folder.
@@ -57,7 +57,7 @@ def _flatten(names: Iterable) -> list[str]:
 
 def training_files() -> list[str]:
     """Every file a training run of either framework writes into its folder."""
-    return _flatten(list(run_files("torch").values()) + list(run_files("mindspore").values()))
+    return _flatten(list(run_files("torch").values()) + list(run_files("mindspore").values()) + [EASY_HARD_FILE])
 
 
 def evaluation_files() -> list[str]:
@@ -66,7 +66,7 @@ def evaluation_files() -> list[str]:
     for framework in ("torch", "mindspore"):
         files = run_files(framework)
         names += [files[k] for k in ("summary", "config", "calib_outputs", "test_outputs", "thresholds")]
-    return _flatten(names + list(PLOTS))
+    return _flatten(names + list(PLOTS) + [EASY_HARD_FILE])
 
 
 def threshold_files() -> list[str]:

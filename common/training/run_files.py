@@ -18,6 +18,7 @@ from common.config import DVTConfig
 
 CHECKPOINT_SUFFIX = {"torch": ".pth", "mindspore": ".ckpt"}
 PLOTS = ("accuracy_vs_gflops.png", "accuracy_vs_gflops_calibration.png", "exit_counts.png")
+EASY_HARD_FILE = "easy_hard_examples.png"  # Fig. 9: written when the trainer hands finalize_run the test images
 # Entries of args that are not flags (or must not be replayed) when args.yaml is passed back with --config.
 _NOT_REPLAYED = ("config", "framework", "resume")
 
