@@ -46,6 +46,7 @@ from common.training import (CSVLog, checkpoint_extras, epoch_row, finalize_run,
                              resolve_resume, resolve_splits, run_files, run_pictures, write_run_config)
 from common.training.run_files import args_to_dict
 from common.training.output_folder import claim_train_output
+from common.training.recipes import dropout_sources, model_overrides
 from common.training.splits import check_split_images, dataset_info, num_classes_for
 from common.training.schedule import check_schedule, lr_for_args, total_epochs
 from ms_impl.checkpoint import save_checkpoint
@@ -86,10 +87,7 @@ def epoch_rng(seed: int, epoch: int, rank: int) -> np.random.Generator:
 
 
 def build_model(args, num_classes: int):
-    overrides = dict(num_classes=num_classes, drop_rate=args.drop, drop_path_rate=args.drop_path)
-    if args.img_size:
-        overrides["img_size"] = args.img_size
-    return create_model(args.model, **overrides)
+    return create_model(args.model, **model_overrides(args, num_classes))
 
 
 def check_args(args, device: str) -> None:
@@ -194,6 +192,11 @@ def train(args, dist: DistInfo, out: Path) -> int:
         start_epoch, num_updates, opt_step = restore(resume, model, opt)
         if dist.is_main:
             print(f"resumed from {resume} after epoch {start_epoch}")
+            random_layers = dropout_sources(cfg)
+            if random_layers:
+                print(f"note: this run has dropout ({', '.join(random_layers)}); MindSpore's dropout kernels keep a "
+                      "random state that cannot be saved, so it continues statistically, not bit for bit",
+                      file=sys.stderr, flush=True)
     eval_model = opt.ema.module if opt.ema is not None else model
     eval_net = EvalNet(eval_model)
     log = None

@@ -48,6 +48,7 @@ from common.training import (CSVLog, checkpoint_extras, epoch_row, finalize_run,
                              resolve_resume, resolve_splits, run_files, run_pictures, write_run_config)
 from common.training.run_files import args_to_dict
 from common.training.output_folder import claim_train_output
+from common.training.recipes import model_overrides
 from common.training.splits import check_split_images, dataset_info, num_classes_for
 from torch_impl.checkpoint import save_checkpoint
 from torch_impl.data import (SplitDataset, TrainLoader, error_message, eval_loader, eval_transform,
@@ -69,10 +70,7 @@ def seed_everything(seed: int) -> None:
 
 
 def build_model(args, num_classes: int):
-    overrides = dict(num_classes=num_classes, drop_rate=args.drop, drop_path_rate=args.drop_path)
-    if args.img_size:
-        overrides["img_size"] = args.img_size
-    return create_model(args.model, **overrides)
+    return create_model(args.model, **model_overrides(args, num_classes))
 
 
 def criterion_for(args, mixup_active: bool):

@@ -82,7 +82,7 @@ def check_image_files(paths: Sequence[str], where: str, *, threads: int = 16, sh
         more = f" (and {len(bad) - SHOWN} more)" if len(bad) > SHOWN else ""
         raise BadDataError(f"{len(bad)} unreadable image file(s) in {where}{more}:\n  " + "\n  ".join(bad[:SHOWN]))
     if show_progress:
-        print(f"checked {len(paths):,} {where} image headers in {seconds:.1f} s", flush=True)
+        print(f"checked the headers of {len(paths):,} image files of {where} in {seconds:.1f} s", flush=True)
     return seconds
 
 

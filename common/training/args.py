@@ -49,6 +49,9 @@ def build_train_parser(framework: str = "torch") -> argparse.ArgumentParser:
                    help="start from these weights (any supported format); a head of another size is re-initialised")
     g.add_argument("--drop", type=float, default=0.0, help="dropout rate")
     g.add_argument("--drop-path", type=float, default=None, help="stochastic depth rate (default: recipe)")
+    g.add_argument("--token-drop", type=float, default=None,
+                   help="dropout inside the T2T Performer token layers (default: the model's, 0.1 as the reference "
+                        "hard-codes it; the digits recipe: 0)")
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, default="digits")

@@ -80,6 +80,15 @@ def safe_name(text: str) -> str:
     return cleaned or "run"
 
 
+def _missing_ancestors(path: Path) -> list[Path]:
+    """`path` and those of its ancestors that do not exist yet, deepest first (what mkdir(parents=True) makes)."""
+    out = []
+    while not path.exists() and path != path.parent:
+        out.append(path)
+        path = path.parent
+    return out
+
+
 def new_run_folder(kind: str, name: str, root: str | os.PathLike = OUTPUT_ROOT) -> Path:
     """Create and return `root/kind/<YYYYmmdd-HHMMSS>-<name>[-N]`; exclusive, so two runs never share one."""
     parent = Path(root) / kind
@@ -103,8 +112,8 @@ def existing(folder: Path, names: Iterable[str]) -> list[str]:
 class OutputFolder:
     """A claimed output folder: `.path`, whether this process created it, and the lock that it holds."""
 
-    def __init__(self, path: Path, created: bool):
-        self.path, self.created, self._fd = path, created, None
+    def __init__(self, path: Path, created: list[Path]):
+        self.path, self.created, self._fd = path, created, None  # created: folders made here, deepest first
 
     def lock(self) -> None:
         if fcntl is None:
@@ -122,9 +131,11 @@ class OutputFolder:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        if self.created:  # made here and nothing written (the command failed early): leave no trace
-            with contextlib.suppress(OSError):
-                self.path.rmdir()
+        for folder in self.created:  # made here and left empty (the command failed early): leave no trace
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or gone): keep it and everything above it
+                break
 
 
 def check_folder(path: Path, *, files: list[str], command: str, flag: str = "--output", force: bool = False,
@@ -167,7 +178,9 @@ def claim_output(output: str | os.PathLike | None, *, kind: str, name: str, file
         if not writer:
             yield Path(root) / kind / "(chosen by rank 0)"
             return
-        folder = OutputFolder(new_run_folder(kind, name, root), created=True)
+        made = _missing_ancestors(Path(root) / kind)
+        path = new_run_folder(kind, name, root)
+        folder = OutputFolder(path, [path] + made)
         if not quiet:
             print(f"output: {folder.path}", flush=True)
         folder.lock()
@@ -182,9 +195,9 @@ def claim_output(output: str | os.PathLike | None, *, kind: str, name: str, file
     if not writer:
         yield path
         return
-    created = not path.exists()
+    made = _missing_ancestors(path)
     path.mkdir(parents=True, exist_ok=True)
-    folder = OutputFolder(path, created)
+    folder = OutputFolder(path, made)
     folder.lock()
     try:
         # Checked again under the lock: another command may have written here between the check and the lock.

@@ -6,7 +6,10 @@ automatically — see README for scaling to other world sizes).
 """
 from __future__ import annotations
 
-from common.registry import is_tiny
+import dataclasses
+
+from common.config import DVTConfig
+from common.registry import get_config, is_tiny
 
 # Shared by every reference run (timm's ImageNet recipe as used by T2T-ViT / DVT).
 _IMAGENET_COMMON = dict(
@@ -14,7 +17,7 @@ _IMAGENET_COMMON = dict(
     warmup_epochs=20, warmup_lr=1e-6, min_lr=1e-5, cooldown_epochs=10, aa="rand-m9-mstd0.5-inc1",
     reprob=0.25, remode="pixel", recount=1, mixup=0.8, cutmix=1.0, mixup_prob=1.0, mixup_switch_prob=0.5,
     smoothing=0.1, train_interpolation="random", color_jitter=0.4, hflip=0.5, scale=(0.08, 1.0),
-    ratio=(3 / 4, 4 / 3), drop=0.0, drop_path=0.1, model_ema=True, model_ema_decay=0.99996, amp=True,
+    ratio=(3 / 4, 4 / 3), drop=0.0, drop_path=0.1, token_drop=None, model_ema=True, model_ema_decay=0.99996, amp=True,
     clip_grad=None, calib_size=10000,
 )
 
@@ -36,6 +39,7 @@ DIGITS_RECIPE = dict(
     aa=None, reprob=0.0, remode="pixel", recount=1, mixup=0.0, cutmix=0.0, mixup_prob=1.0,
     mixup_switch_prob=0.5, smoothing=0.1, train_interpolation="bilinear", color_jitter=0.0, hflip=0.0,
     scale=(0.75, 1.0), ratio=(0.9, 1.1), drop=0.0, drop_path=0.0, model_ema=False, model_ema_decay=0.999,
+    token_drop=0.0,  # no dropout anywhere (not even the Performer's 0.1): every run resumes bit for bit
     amp=False, clip_grad=None, calib_size=None,
     workers=0,  # in-memory 32x32 images: worker processes cost more than they save on 2 cores
 )
@@ -49,3 +53,30 @@ def recipe_for(model_name: str) -> dict:
         if key in model_name:
             return dict(recipe)
     return dict(REFERENCE_RECIPES[_DEFAULT_REFERENCE])
+
+
+def with_token_dropout(cfg: DVTConfig, rate: float) -> tuple:
+    """`cfg.exits` with the dropout inside the T2T Performer token layers set to `rate` (patch tokenizers have none)."""
+    return tuple(dataclasses.replace(e, tokenizer=dataclasses.replace(e.tokenizer, dropout=float(rate)))
+                 if hasattr(e.tokenizer, "dropout") else e for e in cfg.exits)
+
+
+def model_overrides(args, num_classes: int) -> dict:
+    """The `create_model` overrides of a training run: classes, --drop, --drop-path, --img-size, --token-drop."""
+    overrides = dict(num_classes=num_classes, drop_rate=args.drop, drop_path_rate=args.drop_path)
+    if args.img_size:
+        overrides["img_size"] = args.img_size
+    if getattr(args, "token_drop", None) is not None:
+        overrides["exits"] = with_token_dropout(get_config(args.model), args.token_drop)
+    return overrides
+
+
+def dropout_sources(cfg: DVTConfig) -> list[str]:
+    """What draws random numbers inside the model in training mode (empty: the forward is deterministic)."""
+    found = [f"{name} {rate:g}" for name, rate in (("--drop", cfg.drop_rate), ("--drop-path", cfg.drop_path_rate),
+                                                  ("attention dropout", cfg.attn_drop_rate))
+             if rate]
+    token = sorted({e.tokenizer.dropout for e in cfg.exits if getattr(e.tokenizer, "dropout", 0.0)})
+    if token:
+        found.append(f"--token-drop {'/'.join(f'{r:g}' for r in token)} (T2T Performer token layers)")
+    return found
