@@ -198,7 +198,9 @@ def bench_model(backend, name: str, batch: int, mixtures, args, log) -> tuple[Ru
     except (ValueError, FileNotFoundError) as err:  # BadFileError, CheckpointMismatchError, wrong format
         if not args.checkpoint:
             raise
-        raise CheckpointProblem(f"--checkpoint {args.checkpoint}: {err}") from None
+        text = str(err)
+        raise CheckpointProblem(text if text.startswith(str(args.checkpoint)) else f"--checkpoint {args.checkpoint}: "
+                                f"{text}") from None
     static_models = {cfg.name: backend.build(cfg, args.seed) for cfg in statics}
     x = backend.images(cascade_cfg, batch, args.seed + 1)
     gflops = cumulative_gflops(cascade_cfg)
