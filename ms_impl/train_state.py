@@ -7,10 +7,13 @@ count, model name, the run's arguments and the RNG scheme.
 
 RNG: every random stream of ms_impl/train.py is re-derived at the start of each epoch from (seed, epoch,
 rank): the data order and transforms (ms_impl/data.py), mixup/cutmix (a numpy Generator) and
-`mindspore.set_seed`. Resuming at epoch e therefore replays epoch e exactly, except for dropout and drop
-path inside the compiled graph, whose kernels keep a random state of their own that MindSpore neither
-exposes nor lets one reset; runs with dropout or drop path resume statistically, not bit for bit.
-Written atomically (`common.atomic`) after every epoch, by rank 0.
+`mindspore.set_seed`. Resuming at epoch e therefore replays epoch e exactly, except for dropout inside the
+compiled graph (--drop, --drop-path, and the T2T Performer token layers' --token-drop, 0.1 in the reference
+models), whose kernels keep a random state of their own that MindSpore neither exposes nor lets one reset (and
+its CPU backend has no stateless dropout kernel); runs with any dropout resume statistically, not bit for bit,
+and ms_impl/train.py says so when it resumes one. Without dropout (the digits recipe) a resumed run ends with
+exactly the tensors of an uninterrupted one (tests/test_ms_train_processes.py kills one with SIGKILL).
+Written atomically and durably (`common.atomic`) after every epoch, by rank 0.
 """
 from __future__ import annotations
 
