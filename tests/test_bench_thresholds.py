@@ -66,8 +66,11 @@ def test_bench_on_a_small_synthetic_source(bench, tmp_path, capsys):
     # a second run never overwrites the report silently
     assert bench.main(args) == 2
     assert "--force" in capsys.readouterr().err
-    assert bench.main(args[:3] + ["geometric", "--no-progress", "--out", str(out), "--force"]) == 0
-    assert list(json.loads((out / "report.json").read_text())["sources"][0]["solvers"]) == ["geometric"]
+    assert bench.main(args[:3] + ["geometric", "--no-progress", "--out", str(out), "--force", "--memory"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["sources"][0]["solvers"]) == ["geometric"]
+    (memory,) = report["memory"]["solvers"]
+    assert memory["num_samples"] == [200, 400] and 0 < memory["peak_mib"][0] <= memory["peak_mib"][1]
     assert [p.name for p in tmp_path.iterdir()] == ["report"]  # no staging folder left behind
 
 

@@ -36,6 +36,7 @@ import json
 import shutil
 import sys
 import time
+import tracemalloc
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -191,6 +192,22 @@ def rank_solvers(results: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: (-r["sources_meeting_targets"], -r["worst_gap"], -r["mean_gap"]))
 
 
+def peak_memory(source: Source, specs) -> list[dict]:
+    """Peak traced MiB (tracemalloc, numpy included) of each solver on half and all of the calibration split:
+    the inputs exist already and are not counted; linear growth shows as a ratio near 2."""
+    half = source.calib.subset(np.arange(source.calib.num_samples // 2))
+    rows = []
+    for label, name, options in specs:
+        peaks = []
+        for scores in (half, source.calib):
+            tracemalloc.start()
+            solve(name, scores, None, **options)
+            peaks.append(tracemalloc.get_traced_memory()[1] / 2 ** 20)
+            tracemalloc.stop()
+        rows.append({"solver": label, "num_samples": [half.num_samples, source.calib.num_samples], "peak_mib": peaks})
+    return rows
+
+
 def run_benchmark(sources: list[Source], specs, progress: bool = True) -> dict:
     bar = tqdm(total=len(sources) * len(specs), desc="solving", unit="solve", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
@@ -233,6 +250,10 @@ def render_markdown(report: dict) -> str:
                      f"{r['matching_cost_ok']}/{r['sources']} | {r['max_seconds']:.2f} / {r['max_cpu_seconds']:.2f} |")
     lines += ["", f"Best by this measure: `{report['best']}`; the project's default solver: "
               f"`{report['default_solver']}`.", ""]
+    if "memory" in report:
+        lines += [f"Peak traced memory on {report['memory']['source']} (MiB, half / all of its calibration split):",
+                  ""] + [f"- `{r['solver']}`: {r['peak_mib'][0]:.1f} / {r['peak_mib'][1]:.1f}"
+                         for r in report["memory"]["solvers"]] + [""]
     for src in report["sources"]:
         single = " / ".join(f"{100 * a:.2f}" for a in src["single_exit_test_accuracy"])
         lines += [f"## {src['name']}", "",
@@ -290,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic", choices=sorted(SYNTHETIC), default="default", help="synthetic sources to add")
     p.add_argument("--seed", type=int, default=0, help="seed of the halves split of single .npz files")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--memory", action="store_true",
+                   help="also trace each solver's peak memory on the largest source (half and all of it)")
     return p
 
 
@@ -310,6 +333,9 @@ def main(argv=None) -> int:
         if not sources:
             raise UsageError("no sources: give run folders / .npz files or --synthetic quick|default")
         report = run_benchmark(sources, specs, progress=not args.no_progress)
+        if args.memory:
+            largest = max(sources, key=lambda s: s.calib.num_samples)
+            report["memory"] = {"source": largest.name, "solvers": peak_memory(largest, specs)}
         report["command"] = " ".join(["python tools/bench_thresholds.py", *(argv if argv is not None else sys.argv[1:])])
         report["written"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         write_report(out, report, args.force)
