@@ -70,7 +70,7 @@ def test_bench_on_a_small_synthetic_source(bench, tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert list(report["sources"][0]["solvers"]) == ["geometric"]
     (memory,) = report["memory"]["solvers"]
-    assert memory["num_samples"] == [200, 400] and 0 < memory["peak_mib"][0] <= memory["peak_mib"][1]
+    assert memory["num_samples"] == [200, 400] and min(memory["peak_mib"]) > 0
     assert [p.name for p in tmp_path.iterdir()] == ["report"]  # no staging folder left behind
 
 
