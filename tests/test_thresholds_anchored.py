@@ -63,10 +63,10 @@ def test_leaves_a_poor_schedule_on_significant_evidence_and_wins_on_held_out_dat
     # exit 3 is barely better than exit 2, so the geometric schedule wastes GFLOPs on it
     calib, test = halves(12000, 5, exit_accuracy=(0.6, 0.78, 0.8))
     a, g = solve("anchored", calib), solve("geometric", calib)
-    assert a.info["points_from_grid"] >= 40
+    assert a.info["points_from_grid"] >= 25
     comp = compare_matched_cost(points_on(a, test), points_on(g, test), test)
-    assert comp.fraction_at_or_above >= 0.95 and comp.worst_gap > -0.0005 and comp.mean_gap > 0.006
-    assert comp.match_gflops < 0.9 * comp.reference_match_gflops
+    assert comp.fraction_at_or_above >= 0.9 and comp.worst_gap > -0.001 and comp.mean_gap > 0.005  # the targets
+    assert comp.match_gflops < 0.8 * comp.reference_match_gflops
     # every deviation passes the safe-improvement rule: gain > z * sqrt(discordant samples)
     family = solve("anchored", calib, z=1e9)  # never deviates: the anchors
     cols = np.arange(calib.num_samples)
@@ -75,7 +75,7 @@ def test_leaves_a_poor_schedule_on_significant_evidence_and_wins_on_held_out_dat
             continue
         right = calib.correct[exit_indices(calib.scores, t), cols]
         right0 = calib.correct[exit_indices(calib.scores, t0), cols]
-        assert int(right.sum()) - int(right0.sum()) > 3.0 * np.sqrt(np.sum(right != right0))
+        assert int(right.sum()) - int(right0.sum()) > a.info["z"] * np.sqrt(np.sum(right != right0))
 
 
 def test_tables_weighted_sums_equal_the_exit_rule():
