@@ -59,6 +59,8 @@ def test_bench_on_a_small_synthetic_source(bench, tmp_path, capsys):
     assert exact["fraction_at_or_above"] < 0.7 and exact["worst_gap"] < -0.01 and not exact["targets"]["worst"]
     assert len(anchored["curve"]["test_accuracy"]) == anchored["num_budgets"] == 60  # 59 + the last exit's cost
     assert report["best"] == report["default_solver"] == "anchored"
+    (group,) = report["groups"]
+    assert group["group"] == "synthetic 400/400 c10" and group["solvers"]["anchored"]["all_targets"]
     assert [r["solver"] for r in report["ranking"]][-1] == "exact"
     md = (out / "report.md").read_text()
     assert "| `anchored` | 1/1 | +0.00 | +0.00 | 100.0% | 1/1 |" in md

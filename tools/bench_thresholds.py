@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import time
@@ -208,6 +209,24 @@ def peak_memory(source: Source, specs) -> list[dict]:
     return rows
 
 
+def by_group(results: list[dict]) -> list[dict]:
+    """Sources that differ only in their seed (" s<seed>" at the end of the name), each number the worst over
+    the seeds: lowest mean gap, lowest worst gap, lowest share at or above, any missed target."""
+    groups: dict[str, list[dict]] = {}
+    for r in results:
+        groups.setdefault(re.sub(r" s\d+$", "", r["name"]), []).append(r)
+    rows = []
+    for name, members in groups.items():
+        cells = {}
+        for label in members[0]["solvers"]:
+            per = [m["solvers"][label] for m in members]
+            cells[label] = {"mean_gap": min(s["mean_gap"] for s in per), "worst_gap": min(s["worst_gap"] for s in per),
+                            "fraction_at_or_above": min(s["fraction_at_or_above"] for s in per),
+                            "all_targets": all(all(s["targets"].values()) for s in per)}
+        rows.append({"group": name, "sources": len(members), "solvers": cells})
+    return rows
+
+
 def run_benchmark(sources: list[Source], specs, progress: bool = True) -> dict:
     bar = tqdm(total=len(sources) * len(specs), desc="solving", unit="solve", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
@@ -219,7 +238,7 @@ def run_benchmark(sources: list[Source], specs, progress: bool = True) -> dict:
     return {"format": "dvt-threshold-bench", "version": 1, "reference": REFERENCE, "default_solver": DEFAULT_SOLVER,
             "targets": {"min_fraction_at_or_above": MIN_AT_OR_ABOVE, "max_points_below": 100 * MAX_BELOW,
                         "matching_cost": "no higher than the reference's"},
-            "sources": results, "ranking": ranking,
+            "sources": results, "groups": by_group(results), "ranking": ranking,
             "best": next((r["solver"] for r in ranking if r["solver"] != REFERENCE), None)}
 
 
@@ -250,6 +269,15 @@ def render_markdown(report: dict) -> str:
                      f"{r['matching_cost_ok']}/{r['sources']} | {r['max_seconds']:.2f} / {r['max_cpu_seconds']:.2f} |")
     lines += ["", f"Best by this measure: `{report['best']}`; the project's default solver: "
               f"`{report['default_solver']}`.", ""]
+    labels = list(report["sources"][0]["solvers"]) if report["sources"] else []
+    lines += ["## By source (worst over seeds of each number: mean gap / worst gap, points / share at or above; "
+              "* = a target missed)", "", "| source | " + " | ".join(f"`{n}`" for n in labels) + " |",
+              "|---|" + "---|" * len(labels)]
+    for g in report["groups"]:
+        cells = [f"{_pt(c['mean_gap'])} / {_pt(c['worst_gap'])} / {100 * c['fraction_at_or_above']:.0f}%"
+                 + ("" if c["all_targets"] else " *") for c in (g["solvers"][n] for n in labels)]
+        lines.append(f"| {g['group']} ({g['sources']}) | " + " | ".join(cells) + " |")
+    lines.append("")
     if "memory" in report:
         lines += [f"Peak traced memory on {report['memory']['source']} (MiB, half / all of its calibration split):",
                   ""] + [f"- `{r['solver']}`: {r['peak_mib'][0]:.1f} / {r['peak_mib'][1]:.1f}"
