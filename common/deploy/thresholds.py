@@ -1,8 +1,8 @@
 """Thresholds that travel with an export, and the ones a run uses.
 
 At export time `--thresholds` is either a list of numbers ("0.83,0.71": K-1 or K values) or a JSON file: a
-run's `thresholds.json` (format "dvt-threshold-results": its `default_solver`'s curve, else the first of
-geometric / exact / genetic present, or `solver=`) or a single `ThresholdCurve` dict. The manifest keeps
+run's `thresholds.json` (format "dvt-threshold-results": its `default_solver`'s curve, as
+`ThresholdCurve.load` picks it, or `solver=`) or a single `ThresholdCurve` dict. The manifest keeps
 
     {"criterion": ..., "fixed": [t_1, ..., -inf] | null, "curve": ThresholdCurve.to_dict() | null,
      "solver": ..., "source": {"path", "sha256"} | null}
@@ -24,12 +24,11 @@ from common.benchmark import encode_thresholds
 from common.config import DVTConfig
 from common.convert import sha256_file
 from common.flops import cumulative_gflops
-from common.thresholds.curve import CURVE_FORMAT, ThresholdCurve
+from common.thresholds.curve import CURVE_FORMAT, ThresholdCurve, curve_from_results
 
 from .manifest import DeployError
 
 RESULTS_FORMAT = "dvt-threshold-results"
-SOLVER_PREFERENCE = ("geometric", "exact", "genetic")
 
 
 def parse_numbers(text: str) -> list[float] | None:
@@ -48,13 +47,12 @@ def _curve_from_file(path: Path, solver: str | None) -> tuple[ThresholdCurve, st
         raise DeployError(f"--thresholds {path}: cannot read it as JSON ({type(err).__name__}: {err})") from None
     fmt = data.get("format") if isinstance(data, dict) else None
     try:
-        if fmt == RESULTS_FORMAT:
-            solvers = data.get("solvers") or {}
-            name = solver or data.get("default_solver") or next((s for s in SOLVER_PREFERENCE if s in solvers),
-                                                                next(iter(solvers), None))
-            if name not in solvers:
-                raise DeployError(f"--thresholds {path}: no curve of solver {name!r}; it holds {sorted(solvers)}")
-            return ThresholdCurve.from_dict(solvers[name]["curve"]), name
+        if fmt == RESULTS_FORMAT:  # the run's default_solver, as ThresholdCurve.load picks it
+            try:
+                curve = curve_from_results(data, solver)
+            except ValueError as err:
+                raise DeployError(f"--thresholds {path}: {err}") from None
+            return curve, curve.solver
         if fmt == CURVE_FORMAT:
             curve = ThresholdCurve.from_dict(data)
             return curve, curve.solver
