@@ -95,3 +95,15 @@ def test_bench_sources_and_bad_input(bench, tmp_path, capsys):
         assert bench.main(argv + ["--out", str(tmp_path / "r"), "--no-progress"]) == 2
         assert match in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+    (run / "summary.json").write_text("{}")  # a run's folder: never, not even with --force
+    assert bench.main(["--synthetic", "quick", "--solvers", "geometric", "--out", str(run), "--force"]) == 2
+    assert "never replaces" in capsys.readouterr().err
+
+
+def test_bench_default_folder_is_new(bench, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        assert bench.main(["--synthetic", "quick", "--solvers", "geometric", "--no-progress"]) == 0
+    folders = sorted((tmp_path / "outputs" / "bench_thresholds").iterdir())
+    assert len(folders) == 2 and all(sorted(p.name for p in f.iterdir()) == ["report.json", "report.md"]
+                                     for f in folders)

@@ -25,20 +25,19 @@ Sources:
 Targets (issue 19), per source: at or above the geometric schedule at >= 90% of its points, never more
 than 0.3 points below it, and reaching the last exit's test accuracy at a cost no higher than the
 geometric schedule does. The best solver meets them on the most sources (ties: the better worst gap,
-then mean gap). Writes report.md and report.json into a fresh folder (default
-outputs/bench_thresholds/<time>; an existing non-empty folder needs --force). Timings are noisy on a
-busy machine; they are measured, never asserted.
+then mean gap). Writes report.md and report.json into a new folder (default
+outputs/bench_thresholds/<time>-report; a previous report is replaced only with --force, a run's folder
+never: common/training/output_folder.py). Timings (wall and CPU seconds) are noisy on a busy machine;
+they are measured, never asserted.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import re
-import shutil
 import sys
 import time
 import tracemalloc
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -51,6 +50,7 @@ from common.thresholds import (SOLVERS, ExitScores, anytime_accuracy, calibratio
                                solve, synthetic_exit_outputs)
 from common.thresholds.generalisation import compare_matched_cost, points_on
 from common.thresholds.solvers import DEFAULT_SOLVER
+from common.training.output_folder import TRAINING_MARKERS, claim_output
 
 REFERENCE = "geometric"
 DEFAULT_SOLVERS = "geometric,exact,genetic,margin,anchored"
@@ -302,37 +302,30 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def default_out_dir() -> Path:
-    return Path("outputs") / "bench_thresholds" / datetime.now().strftime("%Y%m%d-%H%M%S")
+REPORT_FILES = ["report.json", "report.md"]
 
 
-def write_report(out: Path, report: dict, force: bool) -> None:
-    """report.json + report.md into `out`, all or nothing (staging folder, then one rename)."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise UsageError(f"--out {out} exists and is not empty; pass --force to replace its report")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.staging-{uuid.uuid4().hex}"
-    staging.mkdir()
-    try:
-        atomic_write_text(staging / "report.json", json.dumps(report, indent=1, allow_nan=False) + "\n")
-        atomic_write_text(staging / "report.md", render_markdown(report) + "\n")
-        if out.is_dir():
-            for name in ("report.json", "report.md"):
-                (staging / name).replace(out / name)
-        else:
-            staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+def claim_report_folder(out, force: bool):
+    """The output-folder policy of every command (common/training/output_folder.py): a new folder
+    outputs/bench_thresholds/<time>-report by default; an existing report is replaced only with --force; a
+    run's folder never."""
+    return claim_output(out, kind="bench_thresholds", name="report", files=REPORT_FILES,
+                        command="tools/bench_thresholds.py", flag="--out", force=force,
+                        protected=TRAINING_MARKERS + ("summary.json", "thresholds.json"))
+
+
+def write_report(out: Path, report: dict) -> None:
+    """report.json, then report.md (each written atomically) into the claimed folder `out`."""
+    atomic_write_text(out / "report.json", json.dumps(report, indent=1, allow_nan=False) + "\n")
+    atomic_write_text(out / "report.md", render_markdown(report) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 2)[2])
     p.add_argument("sources", nargs="*", help="run folders or per-exit outputs .npz files")
-    p.add_argument("--out", default=None, help="report folder (default: a fresh outputs/bench_thresholds/<time>)")
-    p.add_argument("--force", action="store_true", help="replace the report in an existing non-empty --out")
+    p.add_argument("--out", default=None, help="report folder (default: a new outputs/bench_thresholds/<time>-report)")
+    p.add_argument("--force", action="store_true", help="replace the report.json / report.md of a previous run in --out")
     p.add_argument("--solvers", default=DEFAULT_SOLVERS,
                    help=f"comma-separated solvers, each optionally with options, e.g. anchored:z=2 (default "
                         f"{DEFAULT_SOLVERS}); {REFERENCE} is always run as the reference")
@@ -353,21 +346,20 @@ def main(argv=None) -> int:
             raise UsageError(f"--solvers: empty or repeated entries in {args.solvers!r}")
         if REFERENCE not in labels:
             specs.insert(0, (REFERENCE, REFERENCE, {}))
-        out = Path(args.out) if args.out else default_out_dir()
-        if out.is_dir() and any(out.iterdir()) and not args.force:
-            raise UsageError(f"--out {out} exists and is not empty; pass --force to replace its report")
         sources = [s for path in args.sources for s in file_sources(path, args.seed)]
         sources += synthetic_sources(args.synthetic)
         if not sources:
             raise UsageError("no sources: give run folders / .npz files or --synthetic quick|default")
-        report = run_benchmark(sources, specs, progress=not args.no_progress)
-        if args.memory:
-            largest = max(sources, key=lambda s: s.calib.num_samples)
-            report["memory"] = {"source": largest.name, "solvers": peak_memory(largest, specs)}
-        report["command"] = " ".join(["python tools/bench_thresholds.py", *(argv if argv is not None else sys.argv[1:])])
-        report["written"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        write_report(out, report, args.force)
-    except (UsageError, ValueError, FileNotFoundError) as e:
+        with claim_report_folder(args.out, args.force) as out:
+            report = run_benchmark(sources, specs, progress=not args.no_progress)
+            if args.memory:
+                largest = max(sources, key=lambda s: s.calib.num_samples)
+                report["memory"] = {"source": largest.name, "solvers": peak_memory(largest, specs)}
+            report["command"] = " ".join(["python tools/bench_thresholds.py",
+                                          *(argv if argv is not None else sys.argv[1:])])
+            report["written"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            write_report(out, report)
+    except (UsageError, ValueError, FileNotFoundError) as e:  # RunFolderError, ExitOutputsError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(render_markdown(report))
