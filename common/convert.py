@@ -288,6 +288,14 @@ def choose_config(shapes: dict, model: str | None = None, embedded: DVTConfig | 
                 + (f", then {others}" if others else "") + "; pass --model NAME to check against another")
 
 
+def checkpoint_config(obj, metadata: dict | None = None, model: str | None = None,
+                      use_ema: bool = False) -> tuple[DVTConfig, Naming, str]:
+    """The config a loaded checkpoint object holds: `choose_config` on its tensors and embedded config."""
+    extracted = extract_state_dict(obj, use_ema=use_ema)
+    shapes = {k: tuple(v.shape) for k, v in extracted.tensors.items()}
+    return choose_config(shapes, model, embedded_config(obj, metadata))
+
+
 def dtype_name(dtype) -> str:
     """'float32' for numpy float32, torch.float32 and MindSpore Float32 alike."""
     name = str(getattr(dtype, "name", None) or dtype).lower()

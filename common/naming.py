@@ -27,6 +27,7 @@ in either direction; `name_map` is the plain one-to-one map of the namings that 
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Callable, Literal
@@ -142,10 +143,20 @@ def _msref_pieces(name: str, shape: tuple, layernorm: bool) -> tuple[Piece, ...]
 
 def layout(cfg: DVTConfig, naming: Naming) -> dict[str, tuple[Piece, ...]]:
     """canonical name -> the tensor(s) that hold it under `naming`, for every parameter of `cfg` (ordered)."""
+    return dict(_layout(cfg, naming))
+
+
+@functools.lru_cache(maxsize=512)
+def _specs(cfg: DVTConfig) -> tuple:
+    return tuple(parameter_specs(cfg))
+
+
+@functools.lru_cache(maxsize=512)  # configs are frozen; model inference asks for every registered one
+def _layout(cfg: DVTConfig, naming: Naming) -> tuple:
     if naming == "msref":
         check_msref(cfg)
     out: dict[str, tuple[Piece, ...]] = {}
-    for spec in parameter_specs(cfg):
+    for spec in _specs(cfg):
         shape = tuple(spec.shape)
         if naming in ("canonical", "torch"):
             out[spec.name] = (Piece(spec.name, shape),)
@@ -157,7 +168,7 @@ def layout(cfg: DVTConfig, naming: Naming) -> dict[str, tuple[Piece, ...]]:
             out[spec.name] = _msref_pieces(spec.name, shape, spec.layernorm)
         else:
             raise NamingError(f"unknown naming {naming!r}; expected one of {NAMINGS}")
-    return out
+    return tuple(out.items())
 
 
 def expected_shapes(cfg: DVTConfig, naming: Naming) -> dict[str, tuple[int, ...]]:

@@ -26,6 +26,9 @@ The output is written to a temporary file and renamed into place; an existing DS
 Floating tensors are written as fp32 unless --dtype says otherwise (bf16: .pth, .ckpt, .safetensors).
 `.pth` files are unpickled with torch's weights_only loader (tensors, containers, numpy values);
 --trust-pickle allows other objects, such as the argparse `args` timm's training checkpoints carry.
+--verify certifies the conversion: SRC and the converted file run in their own frameworks on fixed inputs;
+DST and DST.parity.json (margins, cosine, exit agreement, versions) are written only when the per-exit
+logits agree within 1e-5 (2e-5 full size) and top-1 and exit decisions are identical; else exit status 2.
 
 Only the frameworks the two formats need are imported: safetensors <-> .ckpt needs MindSpore alone,
 safetensors <-> .pth torch alone, safetensors <-> safetensors neither.
@@ -65,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite DST if it exists")
     p.add_argument("--trust-pickle", action="store_true",
                    help="let a .pth unpickle arbitrary objects (e.g. timm's argparse `args`); trusted files only")
+    p.add_argument("--verify", action="store_true",
+                   help="run SRC and the converted file in their frameworks on fixed inputs; write DST and "
+                        "DST.parity.json only if they agree (common.certificate), else exit 2")
     return p
 
 
@@ -142,7 +148,13 @@ def main(argv=None) -> int:
         kwargs = {"to_numpy": to_numpy} if to_numpy is not None else {}
         conv = convert(obj, model=args.model, naming=naming, dtype=args.dtype, use_ema=args.ema, metadata=meta,
                        **kwargs)
-        write_target(conv, dst, dst_fmt)
+        if args.verify:
+            from common.certificate import certificate_path, write_verified
+            cert = write_verified(conv, src, dst, lambda path: write_target(conv, path, dst_fmt), model=args.model,
+                                  use_ema=args.ema)
+            _usual_permissions(certificate_path(dst))
+        else:
+            write_target(conv, dst, dst_fmt)
         _usual_permissions(dst)
     except CheckpointMismatchError as err:
         print(f"error: {src} was not converted, nothing written.\n{err}", file=sys.stderr)
@@ -151,6 +163,9 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ERROR
     print(summary(conv, src, src_fmt, dst, dst_fmt, sha256_file(dst)))
+    if args.verify:
+        from common.certificate import summary_line
+        print(summary_line(cert))
     return 0
 
 
