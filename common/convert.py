@@ -288,6 +288,15 @@ def choose_config(shapes: dict, model: str | None = None, embedded: DVTConfig | 
                 + (f", then {others}" if others else "") + "; pass --model NAME to check against another")
 
 
+def file_metadata(path) -> dict:
+    """The string metadata of a .safetensors file (where ours keep the config); {} for other formats."""
+    if not Path(path).name.lower().endswith(".safetensors"):
+        return {}
+    from safetensors import safe_open
+    with safe_open(str(path), "np") as f:
+        return dict(f.metadata() or {})
+
+
 def checkpoint_config(obj, metadata: dict | None = None, model: str | None = None,
                       use_ema: bool = False) -> tuple[DVTConfig, Naming, str]:
     """The config a loaded checkpoint object holds: `choose_config` on its tensors and embedded config."""

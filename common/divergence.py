@@ -139,6 +139,43 @@ def compare_stages(a: dict, b: dict, cfg: DVTConfig, atol: float = 1e-5) -> dict
             "stages": rows, "first_divergence": first, "exits": exits, "exit_decisions": decisions}
 
 
+def comparison_inputs(cfg: DVTConfig, images_dir=None, random: int | None = None, seed: int = 0,
+                      default_random: int = 8) -> tuple[np.ndarray, dict]:
+    """(N, C, H, W) float32 inputs and their description: the image files of `images_dir` through `cfg`'s
+    evaluation transform, or `random` seeded N(0, 1) images. ValueError for an empty or missing folder."""
+    if images_dir is not None:
+        from pathlib import Path
+
+        from .deploy.preprocess import IMAGE_SUFFIXES, preprocess_image_file
+        folder = Path(images_dir)
+        files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+        if not files:
+            raise ValueError(f"--images {folder}: no image files ({', '.join(IMAGE_SUFFIXES)})" if folder.is_dir()
+                             else f"--images {folder}: no such folder")
+        x = np.stack([preprocess_image_file(f, cfg) for f in files]).astype(np.float32)
+        return x, {"kind": "images", "folder": str(folder), "files": [f.name for f in files],
+                   "description": f"{len(files)} image files from {folder} ({cfg.name}'s evaluation transform)"}
+    n = default_random if random is None else random
+    if n < 1:
+        raise ValueError(f"--random must be >= 1, got {n}")
+    x = np.random.default_rng(seed).standard_normal((n, cfg.in_chans, cfg.img_size, cfg.img_size))
+    return x.astype(np.float32), {"kind": "random", "count": n, "seed": seed,
+                                  "description": f"{n} N(0, 1) images, seed {seed}"}
+
+
+def exit_output_stages(outs, to_numpy) -> dict:
+    """The stages an exit returns in its `ExitOutput`s (head logits, attention logits, reused context and
+    relations), named; `to_numpy` turns a framework tensor into a float32 array."""
+    seen = {}
+    for k, out in enumerate(outs):
+        seen[stage_name(k, "head")] = to_numpy(out.logits)
+        for kind, tensors in (("attn_logits", out.relations), ("reused_context", out.reused_context),
+                              ("reused_relations", out.reused_relations)):
+            for i, t in enumerate(tensors or ()):
+                seen[stage_name(k, kind, i)] = to_numpy(t)
+    return seen
+
+
 # ---- report ------------------------------------------------------------------------------------------
 def _fmt(x) -> str:
     if isinstance(x, float):

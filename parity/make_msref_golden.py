@@ -162,7 +162,9 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _port_commit(port: Path) -> str | None:
+def _port_commit(port: Path, given: str | None = None) -> str | None:
+    if given:
+        return given
     try:
         return subprocess.run(["git", "-C", str(port), "rev-parse", "HEAD"], capture_output=True, text=True,
                               check=True).stdout.strip() or None
@@ -170,7 +172,7 @@ def _port_commit(port: Path) -> str | None:
         return None
 
 
-def generate(port: Path, out: Path, full_size: bool) -> dict:
+def generate(port: Path, out: Path, full_size: bool, port_commit: str | None = None) -> dict:
     import mindspore as ms
     from safetensors.numpy import save_file
     ms.set_context(mode=ms.PYNATIVE_MODE, device_target="CPU")
@@ -208,7 +210,7 @@ def generate(port: Path, out: Path, full_size: bool) -> dict:
     np.savez(out / "logits.npz", **logits)
     manifest = {
         "generated_by": "python parity/make_msref_golden.py --port DIR" + (" --full-size" if full_size else ""),
-        "port": "github.com/blackfeather-wang/Dynamic-Vision-Transformer-MindSpore", "port_commit": _port_commit(port),
+        "port": "github.com/blackfeather-wang/Dynamic-Vision-Transformer-MindSpore", "port_commit": _port_commit(port, port_commit),
         "mindspore": ms.__version__, "numpy": np.__version__, "batch": BATCH,
         "size": "full" if full_size else {"port_base_cfg": REDUCED, "our_overrides": OVERRIDES},
         "variants": entries,
@@ -225,11 +227,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--port", type=Path, required=True, help="checkout of the MindSpore port (read, never copied)")
     p.add_argument("--out", type=Path, default=OUT, help=f"output directory (default {OUT})")
-    p.add_argument("--full-size", action="store_true", help="the port's DeiT-small sizes (about 700 MB; do not commit)")
+    p.add_argument("--full-size", action="store_true", help="the port's DeiT-small sizes (about 1 GB; do not commit)")
+    p.add_argument("--port-commit", help="the port's commit, for the manifest when DIR is not a git checkout")
     args = p.parse_args(argv)
     if not (args.port / "networks" / "vit_dvt.py").is_file():
         p.error(f"{args.port} is not a checkout of the MindSpore port (no networks/vit_dvt.py)")
-    manifest = generate(args.port, args.out, args.full_size)
+    manifest = generate(args.port, args.out, args.full_size, args.port_commit)
     total = sum((args.out / f).stat().st_size for f in manifest["sha256"])
     print(f"wrote {len(manifest['sha256'])} files, {total / 1e6:.2f} MB, to {args.out}")
     if not args.full_size and total > SIZE_LIMIT:

@@ -66,6 +66,13 @@ def test_fixtures_are_intact_and_small():
         assert sorted(MANIFEST["variants"]) == sorted(VARIANTS)
 
 
+def test_parameter_counts_are_the_ports():
+    """Our config holds exactly the elements the port's network has (the MANIFEST counts its cells' tensors)."""
+    from common import count_parameters, get_config
+    for name, entry in MANIFEST["variants"].items():
+        assert count_parameters(get_config(name, **OVERRIDES)) == entry["parameters"], name
+
+
 @pytest.mark.parametrize("name,kind", CASES)
 def test_torch_reproduces_the_port(name, kind):
     torch = need("torch")

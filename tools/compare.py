@@ -48,8 +48,9 @@ if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
 
 from common.checkpoints import CheckpointMismatchError  # noqa: E402
 from common.config import ConfigError  # noqa: E402
-from common.convert import ConversionError, format_of, read_safetensors  # noqa: E402
-from common.divergence import compare_stages, markdown  # noqa: E402
+from common.certificate import framework_of  # noqa: E402
+from common.convert import ConversionError, format_of  # noqa: E402
+from common.divergence import compare_stages, comparison_inputs, markdown  # noqa: E402
 
 EXIT_DIVERGED, EXIT_ERROR = 1, 2
 FRAMEWORKS = ("torch", "mindspore")
@@ -85,44 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def default_framework(path: Path) -> str:
-    fmt = format_of(path)
-    if fmt == "safetensors":
-        naming = read_safetensors(path)[1].get("naming", "canonical")
-        return "mindspore" if naming in ("mindspore", "msref") else "torch"
-    return fmt
-
-
 def default_out(a: Path, b: Path) -> Path:
     def stem(p: Path) -> str:
         return p.name.split(".")[0] or "checkpoint"
     return ROOT / "outputs" / "compare" / f"{time.strftime('%Y%m%d-%H%M%S')}-{stem(a)}-vs-{stem(b)}"
 
 
-def load_images(args, cfg) -> tuple[np.ndarray, dict]:
-    if args.images is not None:
-        from common.deploy.preprocess import IMAGE_SUFFIXES, preprocess_image_file
-        if not args.images.is_dir():
-            raise UsageError(f"--images {args.images}: no such folder")
-        files = sorted(f for f in args.images.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise UsageError(f"--images {args.images}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-        x = np.stack([preprocess_image_file(f, cfg) for f in files]).astype(np.float32)
-        return x, {"kind": "images", "folder": str(args.images), "files": [f.name for f in files],
-                   "description": f"{len(files)} image files from {args.images} ({cfg.name}'s evaluation transform)"}
-    n = 8 if args.random is None else args.random
-    if n < 1:
-        raise UsageError(f"--random must be >= 1, got {n}")
-    x = np.random.default_rng(args.seed).standard_normal((n, cfg.in_chans, cfg.img_size, cfg.img_size))
-    return x.astype(np.float32), {"kind": "random", "count": n, "seed": args.seed,
-                                  "description": f"{n} N(0, 1) images, seed {args.seed}"}
-
-
 def side(args, which: str) -> dict:
     path = getattr(args, which)
     if not path.is_file():
         raise UsageError(f"no such file: {path}")
-    framework = getattr(args, f"{which}_framework") or default_framework(path)
+    framework = getattr(args, f"{which}_framework") or framework_of(path)
     precision = getattr(args, f"{which}_precision")
     if precision not in PRECISIONS[framework]:
         raise UsageError(f"--{which}-precision {precision!r}: {framework} runs {'|'.join(PRECISIONS[framework])}")
@@ -147,7 +121,10 @@ def run(args) -> tuple[dict, dict, dict]:
         raise UsageError(f"A ({cfg_a.name}: {cfg_a.num_exits} exits of depth {cfg_a.depth}, grids {cfg_a.grids}) "
                          f"and B ({cfg_b.name}: {cfg_b.num_exits} of {cfg_b.depth}, {cfg_b.grids}) have different "
                          "stages; compare checkpoints of one architecture")
-    images, inputs = load_images(args, cfg_a)
+    try:
+        images, inputs = comparison_inputs(cfg_a, args.images, args.random, args.seed)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     captured = {}
     for name, s in (("a", a), ("b", b)):
         print(f"{name.upper()}: {s['framework']} ({s['precision']}) {s['model']} on {len(images)} images ...",

@@ -11,13 +11,12 @@ mixed precision); "fp32" runs as stored. `ms_impl.stages` is the MindSpore mirro
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from common.convert import checkpoint_config
-from common.divergence import order_stages, stage_name
+from common.convert import checkpoint_config, file_metadata
+from common.divergence import exit_output_stages, order_stages, stage_name
 
 from .checkpoint import load_checkpoint, read_checkpoint
 from .models.dvt import DVT
@@ -28,13 +27,7 @@ PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 def load_model(path, model: str | None = None, use_ema: bool = False) -> tuple[DVT, str]:
     """(the DVT a checkpoint file holds, the file's naming): its embedded config, else the registered one its
     tensors fit (`model` chooses), loaded strictly."""
-    path = Path(path)
-    metadata = {}
-    if path.name.lower().endswith(".safetensors"):
-        from safetensors import safe_open
-        with safe_open(str(path), "np") as f:
-            metadata = dict(f.metadata() or {})
-    cfg, _, _ = checkpoint_config(read_checkpoint(path), metadata, model, use_ema)
+    cfg, _, _ = checkpoint_config(read_checkpoint(path), file_metadata(path), model, use_ema)
     net = DVT(cfg)
     info = load_checkpoint(net, path, use_ema=use_ema)
     return net.eval(), info.naming
@@ -77,14 +70,7 @@ def _capture_batch(model, x: torch.Tensor, precision: str) -> dict:
     finally:
         for h in hooks:
             h.remove()
-    for k, out in enumerate(outs):
-        seen[stage_name(k, "head")] = _numpy(out.logits)
-        for i, logits in enumerate(out.relations):
-            seen[stage_name(k, "attn_logits", i)] = _numpy(logits)
-        for i, ctx in enumerate(out.reused_context or ()):
-            seen[stage_name(k, "reused_context", i)] = _numpy(ctx)
-        for i, rel in enumerate(out.reused_relations or ()):
-            seen[stage_name(k, "reused_relations", i)] = _numpy(rel)
+    seen.update(exit_output_stages(outs, _numpy))
     return seen
 
 
