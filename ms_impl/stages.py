@@ -37,12 +37,6 @@ def load_model(path, model: str | None = None, use_ema: bool = False) -> tuple[D
     return net, info.naming
 
 
-def _exit_outputs(model, x):
-    """The cascade's `ExitOutput`s (`forward_exits`, or `forward_intermediates` before that rename)."""
-    run = getattr(model, "forward_exits", None) or model.forward_intermediates
-    return run(x)
-
-
 def _numpy(t) -> np.ndarray:
     return t.astype(ms.float32).asnumpy()
 
@@ -62,7 +56,7 @@ def _capture_batch(model, x) -> dict:
             hooks.append(block.register_forward_hook(keep(stage_name(k, "output", i), lambda out: out[0])))
         hooks.append(exit_.norm.register_forward_hook(keep(stage_name(k, "norm"))))
     try:
-        outs = _exit_outputs(model, x)
+        outs = model.forward_exits(x)
     finally:
         for h in hooks:
             h.remove()

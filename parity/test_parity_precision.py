@@ -16,7 +16,10 @@ from paritylib import GOLDEN_DIR, ROOT, Row, need, record
 
 FIXTURE = GOLDEN_DIR / "digits_trained"
 MANIFEST = json.loads((FIXTURE / "MANIFEST.json").read_text())
-RUNS = "torch:fp16,torch:bf16,mindspore:O1,mindspore:O2,mindspore:O1-bf16"
+# MindSpore O2 (every cell in float16 but LayerNorm, attention logits / softmax and the heads) is the policy O1
+# (Dense / Conv only) is a part of; O1 costs another 15 s of MindSpore CPU time here and is measured by the tool
+# (parity/README.md). O1-bf16 fails fast on a CPU.
+RUNS = "torch:fp16,torch:bf16,mindspore:O2,mindspore:O1-bf16"
 
 
 def test_fixture_is_intact():
@@ -42,7 +45,7 @@ def test_mixed_precision_agrees_with_float32(tmp_path, capsys):
                                                            f"{row['decision_agreement_mean']:.4f}",
             "logits max-abs": f"{max(row['logits_max_abs']):.2e}"}, ok=not row["outside_tolerance"]))
     measured = set(table)
-    assert {"torch fp16", "torch bf16", "mindspore O1", "mindspore O2"} <= measured
+    assert {"torch fp16", "torch bf16", "mindspore O2"} <= measured
     assert {name: row["outside_tolerance"] for name, row in table.items()} == {name: [] for name in table}
     if "mindspore O1-bf16" not in measured:  # a CPU: says why
         assert "mindspore O1-bf16" in report["not_measurable"]

@@ -33,12 +33,6 @@ def load_model(path, model: str | None = None, use_ema: bool = False) -> tuple[D
     return net.eval(), info.naming
 
 
-def _exit_outputs(model, x):
-    """The cascade's `ExitOutput`s (`forward_exits`, or `forward_intermediates` before that rename)."""
-    run = getattr(model, "forward_exits", None) or model.forward_intermediates
-    return run(x)
-
-
 def _precision(model, precision: str):
     if precision not in PRECISIONS:
         raise ValueError(f"torch precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
@@ -66,7 +60,7 @@ def _capture_batch(model, x: torch.Tensor, precision: str) -> dict:
         hooks.append(exit_.norm.register_forward_hook(keep(stage_name(k, "norm"))))
     try:
         with torch.no_grad(), _precision(model, precision):
-            outs = _exit_outputs(model, x)
+            outs = model.forward_exits(x)
     finally:
         for h in hooks:
             h.remove()
@@ -91,7 +85,7 @@ def run_logits(model, images: np.ndarray, precision: str = "fp32", batch_size: i
     with torch.no_grad(), _precision(model, precision):
         for i in range(0, len(images), batch_size):
             x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).to(device)
-            parts.append([_numpy(out.logits) for out in _exit_outputs(model, x)])
+            parts.append([_numpy(out.logits) for out in model.forward_exits(x)])
     return [np.concatenate(column) for column in zip(*parts)]
 
 
