@@ -111,17 +111,18 @@ def test_mixed_precision_run_of_one_file(compare, files, capsys, tmp_path):
 
 
 def test_bad_input_writes_nothing(compare, files, capsys, tmp_path):
-    out = tmp_path / "taken"
+    out = tmp_path / "taken"  # an earlier comparison's folder
     out.mkdir()
+    (out / "report.json").write_text("{}")
     status, _, err = run(compare, capsys, files / "a.pth", files / "a.ckpt", "--out", out)
-    assert status == 2 and "--force" in err
+    assert status == 2 and "--force" in err and (out / "report.json").read_text() == "{}"
     status, _, err = run(compare, capsys, files / "a.pth", files / "a.ckpt", "--b-precision", "fp16",
                          "--out", tmp_path / "x")
     assert status == 2 and "O1" in err
     status, _, err = run(compare, capsys, files / "a.pth", files / "a.pth", "--b-framework", "mindspore",
                          "--out", tmp_path / "x")
     assert status == 2 and "convert it first" in err
-    assert not (tmp_path / "x").exists() and list(out.iterdir()) == []
+    assert not (tmp_path / "x").exists() and [p.name for p in out.iterdir()] == ["report.json"]
 
 
 # ---- tools/convert_weights.py --verify ------------------------------------------------------------------------

@@ -12,8 +12,9 @@ another --b-precision compares fp32 with mixed precision (torch: fp16 / bf16 aut
 in float16, O1-bf16 / O2-bf16 where the device has bfloat16 kernels); two files of one framework compare,
 say, a model before and after fine-tuning. A is the reference.
 
-Written, whole or not at all, into a fresh folder (--out; default outputs/compare/<date>-<time>-<A>-vs-<B>;
-an existing folder needs --force): report.md and report.json with, per stage (each exit's tokenizer, reused
+Written into a fresh folder (the output-folder policy of `common.training.output_folder`: --out, default a new
+outputs/compare/<date>-<time>-<A>-vs-<B>; a folder holding an earlier comparison needs --force, which replaces
+only its report files and dumps; every file is written atomically): report.md and report.json with, per stage (each exit's tokenizer, reused
 relations, every block's attention logits / reused context / output, final norm, head), max-abs, max-relative
 (max |A - B| / max |A|), cosine similarity, the fraction within atol, the first stage past tolerance
 (max |A - B| > atol x max(1, max |A|)); per-exit top-1 agreement; exit-decision agreement over a threshold
@@ -37,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +56,7 @@ EXIT_DIVERGED, EXIT_ERROR = 1, 2
 FRAMEWORKS = ("torch", "mindspore")
 PRECISIONS = {"torch": ("fp32", "fp16", "bf16"), "mindspore": ("fp32", "O1", "O2", "O1-bf16", "O2-bf16")}
 STAGES_MODULE = {"torch": "torch_impl.stages", "mindspore": "ms_impl.stages"}
+REPORT_FILES = ("report.md", "report.json")  # what --force replaces (dumps/ is replaced whole)
 
 
 class UsageError(ValueError):
@@ -86,10 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def default_out(a: Path, b: Path) -> Path:
+def default_name(a: Path, b: Path) -> str:
     def stem(p: Path) -> str:
         return p.name.split(".")[0] or "checkpoint"
-    return ROOT / "outputs" / "compare" / f"{time.strftime('%Y%m%d-%H%M%S')}-{stem(a)}-vs-{stem(b)}"
+    return f"{stem(a)}-vs-{stem(b)}"
 
 
 def side(args, which: str) -> dict:
@@ -102,7 +103,7 @@ def side(args, which: str) -> dict:
         raise UsageError(f"--{which}-precision {precision!r}: {framework} runs {'|'.join(PRECISIONS[framework])}")
     if framework == "mindspore" and format_of(path) == "torch":
         raise UsageError(f"{path}: MindSpore does not read PyTorch pickles; convert it first "
-                         "(tools/convert_weights.py) or run it with --{which}-framework torch")
+                         f"(tools/convert_weights.py) or run it with --{which}-framework torch")
     import importlib
     try:
         stages = importlib.import_module(STAGES_MODULE[framework])
@@ -146,36 +147,37 @@ def versions(*sides) -> dict:
 
 
 def write(out: Path, force: bool, report: dict, dumps: dict | None) -> None:
+    """Into the claimed folder: the dumps as one folder staged whole, then report.json, then report.md."""
+    from common.atomic import atomic_write_text
     from common.deploy.manifest import DeployError
     from common.deploy.staging import staged_folder
-    try:
-        with staged_folder(out, force) as tmp:
-            if dumps:
+    if dumps:
+        try:
+            with staged_folder(out / "dumps", force) as tmp:
                 for name, stages in dumps.items():
-                    folder = tmp / "dumps" / name
-                    folder.mkdir(parents=True)
+                    (tmp / name).mkdir()
                     for index, (stage, value) in enumerate(stages.items()):
-                        np.save(folder / f"{index:04d}_{stage}.npy", value)
-            (tmp / "report.json").write_text(json.dumps(report, indent=1, allow_nan=True) + "\n")
-            (tmp / "report.md").write_text(markdown(report))
-    except DeployError as err:
-        raise UsageError(str(err)) from None
+                        np.save(tmp / name / f"{index:04d}_{stage}.npy", value)
+        except DeployError as err:
+            raise UsageError(str(err)) from None
+    atomic_write_text(out / "report.json", json.dumps(report, indent=1, allow_nan=True) + "\n")
+    atomic_write_text(out / "report.md", markdown(report))
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from common.training.output_folder import RunFolderError, claim_output
     try:
         if args.batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-        out = args.out or default_out(args.a, args.b)
-        if out.exists() and not args.force:
-            raise UsageError(f"{out} exists; pass --force to replace it (nothing was written)")
-        report, dump_a, dump_b = run(args)
-        if args.dumps:
-            report["dumps"] = {"a": "dumps/a", "b": "dumps/b",
-                               "format": "one .npy per stage, <index>_<stage>.npy (TroubleShooter's compare_npy_dir)"}
-        write(out, args.force, report, {"a": dump_a, "b": dump_b} if args.dumps else None)
-    except (UsageError, ConversionError, ConfigError, CheckpointMismatchError, FileNotFoundError) as err:
+        with claim_output(args.out, kind="compare", name=default_name(args.a, args.b), files=list(REPORT_FILES),
+                          command="tools/compare.py", flag="--out", force=args.force) as out:
+            report, dump_a, dump_b = run(args)
+            if args.dumps:
+                report["dumps"] = {"a": "dumps/a", "b": "dumps/b",
+                                   "format": "one .npy per stage, <index>_<stage>.npy (TroubleShooter's compare_npy_dir)"}
+            write(out, args.force, report, {"a": dump_a, "b": dump_b} if args.dumps else None)
+    except (UsageError, RunFolderError, ConversionError, ConfigError, CheckpointMismatchError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ERROR
     print(markdown(report).split("\n| # |")[0].rstrip())

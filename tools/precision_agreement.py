@@ -10,7 +10,7 @@ the exits. One float32 model per framework is the reference; each precision the 
 runs the same images: torch fp32 / fp16 / bf16 (autocast) and MindSpore fp32 / O1 / O2 (float16) and
 O1-bf16 / O2-bf16; a precision whose kernels are missing (MindSpore 2.10's CPU has no bfloat16 MatMul) is
 reported as not measurable, with MindSpore's message. Written into a fresh folder (default
-outputs/precision/<date>-<time>-<name>): report.md and report.json with, per run against its framework's
+outputs/precision/<date>-<time>-<name>; the policy of `common.training.output_folder`): report.md and report.json with, per run against its framework's
 fp32 and against torch fp32, per-exit top-1 agreement, exit-decision agreement (fractions of the images) and
 logits max-abs, and whether they are within the tolerance of `common.precision` (parity/README.md).
 Exit status 0 when every measured run is within tolerance, 1 otherwise, 2 for bad input (nothing written).
@@ -22,7 +22,6 @@ import importlib
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -211,17 +210,16 @@ def markdown(report: dict) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    out = args.out or ROOT / "outputs" / "precision" / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.source.name.split('.')[0]}"
-    from common.deploy.manifest import DeployError
-    from common.deploy.staging import staged_folder
+    from common.atomic import atomic_write_text
+    from common.training.output_folder import RunFolderError, claim_output
     try:
-        if out.exists() and not args.force:
-            raise UsageError(f"{out} exists; pass --force to replace it (nothing was written)")
-        report = measure(args)
-        with staged_folder(out, args.force) as tmp:
-            (tmp / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-            (tmp / "report.md").write_text(markdown(report))
-    except (UsageError, DeployError, FileNotFoundError, ValueError) as err:
+        with claim_output(args.out, kind="precision", name=args.source.name.split(".")[0] or "model",
+                          files=["report.md", "report.json"], command="tools/precision_agreement.py", flag="--out",
+                          force=args.force) as out:
+            report = measure(args)
+            atomic_write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
+            atomic_write_text(out / "report.md", markdown(report))
+    except (UsageError, RunFolderError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(markdown(report))
