@@ -96,6 +96,14 @@ def model_from_tensors(cfg: DVTConfig, tensors: dict) -> DVT:
     return model
 
 
+def random_model(cfg: DVTConfig, seed: int = 0) -> DVT:
+    """A DVT with the framework's seeded random initialisation (benchmarks: speed does not depend on weights)."""
+    ms.set_seed(seed)
+    model = DVT(cfg)
+    model.set_train(False)
+    return model
+
+
 def random_inputs(cfg: DVTConfig, batch: int, seed: int = 0) -> np.ndarray:
     return np.random.RandomState(seed).randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size).astype(np.float32)
 

@@ -128,7 +128,8 @@ def test_export_refusals_leave_nothing(run, tmp_path, capsys, monkeypatch):
     curve = json.loads((run / "thresholds.json").read_text())["solvers"]["geometric"]["curve"]
     curve["gflops"] = [2 * g for g in curve["gflops"]]
     wrong.write_text(json.dumps(curve))
-    code, err = _status(capsys, export_tool.main, [ckpt, "--out", str(out), "--format", "onnx", "--thresholds", str(wrong)])
+    code, err = _status(capsys, export_tool.main,
+                        [ckpt, "--out", str(out), "--format", "onnx", "--thresholds", str(wrong)])
     assert code == 2 and "thresholds of another model" in err
     for argv in ([ckpt, "--out", str(out), "--format", "tflite"],
                  [ckpt, "--out", str(out), "--format", "onnx", "--dynamic-batch", "--batch-sizes", "1"],
@@ -191,3 +192,31 @@ def test_infer_refusals_leave_no_results(exported, image_folder, tmp_path, capsy
     assert code == 2 and "exists; pass --force" in err and out.read_text() == "keep me\n"
     assert infer_tool.main([str(exported), img, "--budget", "1", "--out", str(out), "--force"]) == 0
     assert len(_results(out)) == 1
+
+
+INFER_WITHOUT_FRAMEWORKS = """
+import runpy, sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'mindspore', 'timm', 'torchvision'):
+            raise ImportError('blocked: ' + name)
+sys.meta_path.insert(0, Block())
+sys.argv = ['infer.py'] + sys.argv[1:]
+try:
+    runpy.run_path('tools/infer.py', run_name='__main__')
+except SystemExit as e:
+    assert e.code == 0, e.code
+assert not [m for m in ('torch', 'mindspore', 'timm') if m in sys.modules]
+print('NO FRAMEWORK')
+"""
+
+
+def test_infer_runs_with_only_common_and_onnxruntime(exported, image_folder, tmp_path):
+    import subprocess
+    out = tmp_path / "r.jsonl"
+    proc = subprocess.run([sys.executable, "-c", INFER_WITHOUT_FRAMEWORKS, str(exported), "--image-folder",
+                           str(image_folder), "--thresholds", "0.5,0.5", "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "NO FRAMEWORK" in proc.stdout and "12 images" in proc.stdout
+    assert len(_results(out)) == 12

@@ -53,6 +53,17 @@ def test_batch_plan_pads_to_the_smallest_size_and_splits_larger_groups():
     assert batch_plan(70, (1, 8, 32)) == [(0, 32, 32), (32, 64, 32), (64, 70, 8)]
     assert batch_plan(7, (3,)) == [(0, 3, 3), (3, 6, 3), (6, 7, 3)]
     assert padded_rows(70, (1, 8, 32)) == 2 and padded_rows(7, (3,)) == 2 and padded_rows(9, None) == 0
+    # "fit": a pad row and a call cost alike; the least total wins
+    sizes = (1, 8, 16, 32, 64)
+    assert [s for _, _, s in batch_plan(10, sizes, "fit")] == [8, 1, 1]
+    assert [s for _, _, s in batch_plan(7, sizes, "fit")] == [8]
+    assert [s for _, _, s in batch_plan(26, sizes, "fit")] == [16, 8, 1, 1]
+    assert [s for _, _, s in batch_plan(38, sizes, "fit")] == [32, 8] and padded_rows(38, sizes, "fit") == 2
+    assert batch_plan(7, (2, 3), "fit") == [(0, 3, 3), (3, 5, 2), (5, 7, 2)]
+    for n in range(1, 80):
+        plan = batch_plan(n, sizes, "fit")
+        assert plan[0][0] == 0 and plan[-1][1] == n and all(a[1] == b[0] for a, b in zip(plan, plan[1:]))
+        assert padded_rows(n, sizes, "fit") <= padded_rows(n, sizes, "pad")
     a = np.arange(12, dtype=np.float32).reshape(6, 2)
     p = take_padded(a, 4, 6, 4)
     assert p.shape == (4, 2) and p.flags.c_contiguous
@@ -72,9 +83,9 @@ def test_export_folder_holds_the_declared_graphs(exports, model):
     np.testing.assert_allclose(m.gflops, [0.002117652, 0.00526972, 0.00945609], rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["dynamic", "static"])
-def test_runner_equals_forward_adaptive_over_a_threshold_sweep(exports, model, kind):
-    runner = load_runner(exports[kind], threads=1)
+@pytest.mark.parametrize("kind, batching", [("dynamic", "pad"), ("static", "pad"), ("static", "fit")])
+def test_runner_equals_forward_adaptive_over_a_threshold_sweep(exports, model, kind, batching):
+    runner = load_runner(exports[kind], threads=1, batching=batching)
     x = images(7)
     with torch.no_grad():
         full = [lg.numpy() for lg in model(x)]
@@ -92,10 +103,10 @@ def test_runner_equals_forward_adaptive_over_a_threshold_sweep(exports, model, k
         assert np.abs(res.logits - ref.logits.numpy()).max() <= 1e-5
         np.testing.assert_allclose(res.gflops, runner.manifest.gflops[res.exit_index])
         padded, calls = padded + sum(res.padded_rows), max(calls, max(res.graph_calls))
-    if kind == "static":
-        assert padded > 0 and calls == 3  # 7 rows at exit 1: 3 + 3 + (1 padded to 2)
-    else:
+    if kind == "dynamic":
         assert padded == 0
+    else:  # 7 rows at exit 1: "pad" 3 + 3 + (1 padded to 2), "fit" 3 + 2 + 2
+        assert calls == 3 and (batching == "fit" or padded > 0)
 
 
 def test_pad_rows_never_change_a_real_row(exports):

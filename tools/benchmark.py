@@ -180,6 +180,7 @@ class MindSporeBackend:
 
 
 BACKENDS = {"torch": TorchBackend, "mindspore": MindSporeBackend}
+EXPORTED = ("onnxruntime", "mindir")  # exported graphs: common.deploy.benchmark
 
 
 # ---- one (framework, model, batch size) ------------------------------------------------------
@@ -270,7 +271,8 @@ def print_run(run: RunResult, cascade_cfg, static_cfg) -> None:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    p.add_argument("--framework", default="torch,mindspore", help="comma-separated: torch, mindspore")
+    p.add_argument("--framework", default="torch,mindspore",
+                   help="comma-separated: torch, mindspore, and for exported graphs onnxruntime, mindir")
     p.add_argument("--device", default="cpu", help="cpu | cuda | Ascend (MindSpore: cpu / gpu / ascend)")
     p.add_argument("--models", default="dvt_t2t_vit_12,dvt_t2t_vit_14", help="comma-separated cascade names")
     p.add_argument("--batch-sizes", default="1,16,64")
@@ -289,11 +291,15 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", default=None, help="weights for the cascade (one model only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="outputs/benchmark", help="directory for benchmark.json / benchmark.md")
+    p.add_argument("--export-sizes", default="1,8,16,32,64",
+                   help="onnxruntime / mindir: fixed batch sizes of the exported cascade (vs a dynamic batch)")
+    p.add_argument("--export-dir", default=None,
+                   help="onnxruntime / mindir: keep the exports here (default: a temporary folder)")
     args = p.parse_args(argv)
     args.frameworks = [f.strip().lower() for f in args.framework.split(",") if f.strip()]
-    unknown = sorted(set(args.frameworks) - set(BACKENDS))
+    unknown = sorted(set(args.frameworks) - set(BACKENDS) - set(EXPORTED))
     if unknown:
-        p.error(f"unknown framework(s) {unknown}; choose from {sorted(BACKENDS)}")
+        p.error(f"unknown framework(s) {unknown}; choose from {sorted(BACKENDS) + list(EXPORTED)}")
     args.model_names = [m.strip() for m in args.models.split(",") if m.strip()]
     if not args.model_names:
         p.error("--models names no model")
@@ -341,6 +347,11 @@ def main(argv=None) -> int:
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     results = []
     for fw in args.frameworks:
+        if fw in EXPORTED:
+            from common.deploy import benchmark as exported
+            runs = exported.run_framework(fw, args, mixtures_for, log)
+            print("\nwrote {} and {}".format(*exported.write(runs, args, sys.argv[1:] if argv is None else argv, fw)))
+            continue
         backend = BACKENDS[fw](args.device, args.threads, args.amp, args.ms_mode)
         for name in args.model_names:
             mixtures = args.mixture_lists[name]
@@ -358,7 +369,8 @@ def main(argv=None) -> int:
                             python=platform.python_version(), warmup=args.warmup, repeat=args.repeat,
                             criterion=args.criterion, date=time.strftime("%Y-%m-%d %H:%M:%S"))
                 js, md = write_report(report_dict(results, meta), args.out)  # after every run: partial results survive
-    print(f"\nwrote {js} and {md}")
+    if results:
+        print(f"\nwrote {js} and {md}")
     return 0
 
 

@@ -3,7 +3,7 @@
 
     python tools/infer.py DIR (--image-folder D | IMAGE ...) [--budget GFLOPS | --thresholds T1,T2]
         [--batch-size B] --out results.jsonl [--backend auto|onnxruntime|mindspore] [--device auto|cpu|cuda]
-        [--threads N] [--force]
+        [--threads N] [--batching pad|fit] [--force]
 
 Each image is read and preprocessed as DIR/manifest.json says, which is what `torch_impl/evaluate.py` does
 (timm's evaluation transform: resize, centre crop, normalise; `common.deploy.preprocess`), so a folder of
@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", help="auto (from the manifest), onnxruntime or mindspore")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (ONNX Runtime's CUDA provider) | ascend")
     p.add_argument("--threads", type=int, default=None, help="CPU threads of the backend (default: its own)")
+    p.add_argument("--batching", default="pad", choices=("pad", "fit"),
+                   help="fixed batch sizes: pad the rows of an exit to the smallest size that holds them (pad), "
+                        "or cover them with the fewest pad rows and calls (fit)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     return p
 
@@ -87,7 +90,8 @@ def infer(args) -> dict:
     if args.batch_size is not None and args.batch_size < 1:
         raise DeployError(f"--batch-size must be >= 1, got {args.batch_size}")
     paths = image_paths(args)
-    runner = load_runner(args.export_dir, args.backend, device=args.device, threads=args.threads)
+    runner = load_runner(args.export_dir, args.backend, device=args.device, threads=args.threads,
+                         batching=args.batching)
     manifest = runner.manifest
     thresholds = None
     if args.thresholds is not None:

@@ -87,6 +87,12 @@ def model_from_tensors(cfg: DVTConfig, tensors: dict) -> DVT:
     return model.eval()
 
 
+def random_model(cfg: DVTConfig, seed: int = 0) -> DVT:
+    """A DVT with the framework's seeded random initialisation (benchmarks: speed does not depend on weights)."""
+    torch.manual_seed(seed)
+    return DVT(cfg).eval()
+
+
 def random_inputs(cfg: DVTConfig, batch: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size, generator=g)

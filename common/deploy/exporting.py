@@ -29,7 +29,8 @@ def exporter_for(graph_format: str):
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        raise DeployError(f"{graph_format} export needs {framework} ({err.name or framework} is not installed)") from None
+        raise DeployError(f"{graph_format} export needs {framework} "
+                          f"({err.name or framework} is not installed)") from None
 
 
 def export_model(model, out, graph_format: str, batch_sizes=None, *, thresholds: dict | None = None,

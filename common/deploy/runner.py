@@ -9,7 +9,8 @@ Exit k's graph runs on the rows still in the cascade, fed with exactly what it r
 rows that stay, gathered with numpy); the decision after exit k is `common.adaptive.leave_mask` on its
 logits and the rows are tracked by `common.adaptive.ExitTracker`, as in torch_impl's and ms_impl's
 `adaptive_forward`, so the decisions equal the offline rule on the graphs' logits. With fixed batch sizes
-each exit's rows are cut and padded by `batching.batch_plan`; pad rows are dropped.
+each exit's rows are cut and padded by `batching.batch_plan` (policy "pad": the smallest size that holds
+them, larger groups split; "fit": least pad rows + calls); pad rows are dropped.
 
 A backend is an object with `name`, `run(k, batch_size, feeds) -> outputs` (numpy arrays in the order of
 the manifest's inputs / outputs of exit k; batch_size None for a dynamic-batch graph) and `info()`.
@@ -22,7 +23,7 @@ import numpy as np
 
 from common.adaptive import ExitTracker, leave_mask
 
-from .batching import batch_plan, take_padded
+from .batching import POLICIES, batch_plan, take_padded
 from .manifest import DeployError, Manifest, read_manifest
 from .thresholds import manifest_curve, run_thresholds
 
@@ -39,9 +40,12 @@ class RunResult(NamedTuple):
 class ExportRunner:
     """Early exit over the graphs of one export, on one backend."""
 
-    def __init__(self, manifest: Manifest, backend):
+    def __init__(self, manifest: Manifest, backend, batching: str = "pad"):
+        if batching not in POLICIES:
+            raise DeployError(f"unknown batching policy {batching!r}; expected one of {', '.join(POLICIES)}")
         self.manifest = manifest
         self.backend = backend
+        self.batching = batching
         self.num_exits = manifest.num_exits
         self.sizes = manifest.batch_sizes
         self._gflops = manifest.gflops
@@ -68,7 +72,7 @@ class ExportRunner:
         """Exit k on all rows of `feeds` -> (outputs, pad rows, graph calls)."""
         n = feeds[0].shape[0]
         chunks, pads = [], 0
-        plan = batch_plan(n, self.sizes)
+        plan = batch_plan(n, self.sizes, self.batching)
         for start, stop, size in plan:
             rows = stop - start
             out = self.backend.run(k, size, [take_padded(f, start, stop, size) for f in feeds])
@@ -131,12 +135,13 @@ class ExportRunner:
 
 
 def load_runner(export_dir, backend: str = "auto", *, device: str = "auto", threads: int | None = None,
-                verify: bool = True) -> ExportRunner:
+                batching: str = "pad", verify: bool = True) -> ExportRunner:
     """The runner of an export folder. `backend`: "auto" (the manifest's graph format decides),
     "onnxruntime" / "onnx" or "mindspore" / "mindir"; `device`: "auto" | "cpu" | "cuda" (ONNX Runtime's CUDA
-    execution provider) | "gpu" / "ascend" (MindSpore); `threads`: CPU threads of the backend.
-    Every graph file's sha256 is checked against the manifest first (`verify`)."""
+    execution provider) | "gpu" / "ascend" (MindSpore); `threads`: CPU threads of the backend; `batching`:
+    how fixed batch sizes are filled ("pad" | "fit", `batching.py`). Every graph file's sha256 is checked
+    against the manifest first (`verify`)."""
     from .backends import create_backend
     manifest = read_manifest(export_dir, verify=verify)
-    return ExportRunner(manifest, create_backend(manifest, backend, device=device, threads=threads))
+    return ExportRunner(manifest, create_backend(manifest, backend, device=device, threads=threads), batching)
 
