@@ -19,7 +19,8 @@ def _files(folder):
     yy, xx = np.mgrid[0:61, 0:83]
     smooth = np.stack([(xx * 3) % 256, (yy * 4) % 256, (xx + yy) % 256], -1).astype(np.uint8)
     noisy = np.clip(smooth + rng.randint(-40, 40, smooth.shape), 0, 255).astype(np.uint8)
-    digits = (load_digits_images()[0][:2].transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)  # real handwritten digits
+    digits = load_digits_images()[0][:2].transpose(0, 2, 3, 1)  # real handwritten digits
+    digits = (digits * 255).round().astype(np.uint8)
     files = []
     for name, arr, mode, fmt in [("rgb.png", noisy, "RGB", "PNG"), ("rgba.png", noisy, "RGBA", "PNG"),
                                  ("gray.png", noisy[..., 0], "L", "PNG"), ("pal.png", noisy, "P", "PNG"),
@@ -39,12 +40,17 @@ def files(tmp_path_factory):
     return _files(tmp_path_factory.mktemp("images"))
 
 
-CONFIGS = [("dvt_tiny_t2t", {}), ("dvt_t2t_vit_12", {}), ("dvt_tiny_deit", {"interpolation": "bicubic", "crop_pct": 0.875}),
-           ("dvt_tiny_deit", {"interpolation": "nearest"}), ("dvt_tiny_deit", {"interpolation": "lanczos", "crop_pct": 0.95}),
+CONFIGS = [("dvt_tiny_t2t", {}), ("dvt_t2t_vit_12", {}),
+           ("dvt_tiny_deit", {"interpolation": "bicubic", "crop_pct": 0.875}),
+           ("dvt_tiny_deit", {"interpolation": "nearest"}),
+           ("dvt_tiny_deit", {"interpolation": "lanczos", "crop_pct": 0.95}),
            ("dvt_tiny_deit", {"interpolation": "bilinear", "crop_pct": 1.3})]
 
 
-@pytest.mark.parametrize("name, overrides", CONFIGS, ids=[f"{n}-{'-'.join(f'{v}' for v in o.values())}" for n, o in CONFIGS])
+IDS = [f"{n}-{'-'.join(f'{v}' for v in o.values())}" for n, o in CONFIGS]
+
+
+@pytest.mark.parametrize("name, overrides", CONFIGS, ids=IDS)
 def test_equal_to_timms_eval_transform(files, name, overrides):
     cfg = get_config(name, **overrides)
     timm_transform = eval_transform(cfg)
