@@ -153,13 +153,38 @@ def test_existing_dir_needs_force(exported, run, tmp_path, capsys):
     before = sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir())
     argv = [str(run / "checkpoint.pth"), "--out", str(out), "--format", "onnx", "--dynamic-batch", "--no-verify"]
     code, err = _status(capsys, export_tool.main, argv)
-    assert code == 2 and "exists; pass --force" in err
+    assert code == 2 and "holds an export; pass --force" in err
     assert sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir()) == before
     assert export_tool.main(argv + ["--force"]) == 0
     m = json.loads((out / "manifest.json").read_text())
     assert m["batch"]["mode"] == "dynamic" and sorted(m["files"]) == ["exit1.onnx", "exit2.onnx", "exit3.onnx"]
     assert sorted(p.name for p in out.iterdir()) == ["exit1.onnx", "exit2.onnx", "exit3.onnx", "manifest.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]
+
+    (out / "notes.txt").write_text("mine")  # an export folder with a file the export did not write
+    code, err = _status(capsys, export_tool.main, argv + ["--force"])
+    assert code == 2 and "not an export (notes.txt)" in err and (out / "notes.txt").read_text() == "mine"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "data.bin").write_bytes(b"x")
+    code, err = _status(capsys, export_tool.main, argv[:2] + [str(other)] + argv[3:] + ["--force"])
+    assert code == 2 and "not an export (data.bin)" in err and sorted(p.name for p in other.iterdir()) == ["data.bin"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert export_tool.main(argv[:2] + [str(empty)] + argv[3:]) == 0 and (empty / "manifest.json").is_file()
+
+
+def test_default_out_is_a_new_folder_under_outputs(run, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = [str(run / "checkpoint.pth"), "--format", "onnx", "--dynamic-batch", "--no-verify"]
+    assert export_tool.main(argv) == 0
+    (made,) = (tmp_path / "outputs" / "export").iterdir()
+    assert made.name.endswith("-dvt_tiny_digits-onnx") and (made / "manifest.json").is_file()
+    assert f"output: outputs/export/{made.name}" in capsys.readouterr().err
+    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no")))
+    code, err = _status(capsys, export_tool.main, argv)  # the folder made for a failed export is removed
+    assert code == 2 and "cannot handle" in err
+    assert [p.name for p in (tmp_path / "outputs" / "export").iterdir()] == [made.name]
 
 
 def test_infer_refusals_leave_no_results(exported, image_folder, tmp_path, capsys):
@@ -171,7 +196,8 @@ def test_infer_refusals_leave_no_results(exported, image_folder, tmp_path, capsy
         ([str(tmp_path), img, "--out", str(out)], "no manifest.json"),
         ([str(exported), img, "--thresholds", "0.5", "--out", str(out)], "thresholds"),
         ([str(exported), img, "--budget", "-1", "--out", str(out)], "budget"),
-        ([str(exported), img, str(bad_image), "--thresholds", "0.5,0.5", "--out", str(out)], "cannot read image"),
+        ([str(exported), img, str(bad_image), "--thresholds", "0.5,0.5", "--out", str(out)],
+         "broken.jpg: expected a decodable image file"),
         ([str(exported), str(tmp_path / "none.png"), "--out", str(out)], "no such image file"),
         ([str(exported), "--out", str(out)], "either image files or --image-folder"),
         ([str(exported), img, "--batch-size", "0", "--out", str(out)], "--batch-size must be >= 1"),

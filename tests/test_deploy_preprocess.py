@@ -11,6 +11,7 @@ from common import get_config
 from common.data.digits import load_digits_images
 from common.deploy import DeployError, eval_preprocessing, preprocess_image_file
 from common.deploy.preprocess import list_images
+from common.readers import BadFileError
 from torch_impl.data import eval_transform
 
 
@@ -69,9 +70,11 @@ def test_file_objects_and_bad_files(files, tmp_path):
                                   preprocess_image_file(files[0], cfg))
     bad = tmp_path / "not_an_image.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
-    with pytest.raises(DeployError, match="cannot read image .*not_an_image.png: expected a decodable image"):
+    with pytest.raises(BadFileError, match="not_an_image.png: expected a decodable image file .*does not decode"):
         preprocess_image_file(bad, cfg)
-    with pytest.raises(DeployError, match="no such image file"):
+    with pytest.raises(BadFileError, match="the image data: expected a decodable image file"):
+        preprocess_image_file(io.BytesIO(b"GIF89a garbage"), cfg)
+    with pytest.raises(FileNotFoundError):
         preprocess_image_file(tmp_path / "missing.jpg", cfg)
     assert [p.rsplit("/", 1)[-1] for p in list_images(files[0].parent)] == sorted(p.name for p in files)
     with pytest.raises(DeployError, match="no image files"):

@@ -103,6 +103,12 @@ def test_runner_equals_forward_adaptive_over_a_threshold_sweep(exports, model, k
         assert np.abs(res.logits - ref.logits.numpy()).max() <= 1e-5
         np.testing.assert_allclose(res.gflops, runner.manifest.gflops[res.exit_index])
         padded, calls = padded + sum(res.padded_rows), max(calls, max(res.graph_calls))
+    # one threshold row per image (requests with different budgets in one batch)
+    rows = np.stack([thresholds_for_fractions(s, f)[0] for f in ([1, 0, 0], [0, 0, 1], [0.3, 0.3, 0.4])] * 3)[:7]
+    ref = model.forward_adaptive(x, rows)
+    res = runner.run(x.numpy(), rows)
+    np.testing.assert_array_equal(res.exit_index, ref.exit_index.numpy())
+    assert np.abs(res.logits - ref.logits.numpy()).max() <= 1e-5 and len(set(res.exit_index.tolist())) > 1
     if kind == "dynamic":
         assert padded == 0
     else:  # 7 rows at exit 1: "pad" 3 + 3 + (1 padded to 2), "fit" 3 + 2 + 2

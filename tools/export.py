@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Export a DVT checkpoint as one graph per exit: ONNX (from PyTorch) or MINDIR (from MindSpore).
 
-    python tools/export.py CHECKPOINT --out DIR --format onnx|mindir
+    python tools/export.py CHECKPOINT [--out DIR] --format onnx|mindir
         [--batch-sizes 1,8,32,64 | --dynamic-batch] [--thresholds RUN/thresholds.json | T1,T2] [--solver NAME]
         [--model NAME] [--ema] [--trust-pickle] [--no-verify] [--force]
 
@@ -17,14 +17,17 @@ inputs and outputs, the graphs and their sha256, the preprocessing of input imag
 curve of `--thresholds`, the versions that exported it, and the export-time check of every graph against
 the eager model. Run it with `python tools/infer.py DIR ...` or `common.deploy.load_runner(DIR)`.
 
-DIR is written into a hidden staging folder beside it and renamed at the end: it never holds a partial
-export. An existing DIR is refused unless --force (which replaces it whole). Bad input (missing or damaged
+DIR (default: a new folder outputs/export/<date>-<time>-<model>-<format>) is written into a hidden staging
+folder beside it and renamed at the end: it never holds a partial export. A DIR holding an export is refused
+unless --force (which replaces that export whole); a DIR holding anything else is refused even with --force
+(an export never deletes what it did not write); an empty DIR is used. Bad input (missing or damaged
 checkpoint, unknown model, bad batch sizes or thresholds, a model the exporter cannot handle, a graph that
 disagrees with the eager model) exits with status 2 and a message, leaving nothing behind.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -40,7 +43,7 @@ from common.config import ConfigError  # noqa: E402
 from common.convert import ConversionError, convert, format_of, sha256_file  # noqa: E402
 from common.deploy.exporting import EXPORTERS, export_model, exporter_for  # noqa: E402
 from common.deploy.manifest import DeployError, check_batch_sizes  # noqa: E402
-from common.deploy.staging import check_destination  # noqa: E402
+from common.deploy.staging import check_destination, new_export_folder  # noqa: E402
 from common.deploy.thresholds import thresholds_entry  # noqa: E402
 
 EXIT_ERROR = 2
@@ -53,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("checkpoint", type=Path, help="weights file (.pth / .pth.tar / .pt, .ckpt, .safetensors)")
-    p.add_argument("--out", type=Path, required=True, help="export folder to create")
+    p.add_argument("--out", type=Path, default=None,
+                   help="export folder to create (default: a new outputs/export/<date>-<time>-<model>-<format>)")
     p.add_argument("--format", required=True, choices=sorted(EXPORTERS),
                    help="onnx (exported from PyTorch) or mindir (exported from MindSpore)")
     sizes = p.add_mutually_exclusive_group()
@@ -112,12 +116,28 @@ def load_model(args, exporter):
 
 def export(args) -> int:
     sizes = parse_sizes(args)
-    check_destination(args.out, args.force)  # before any heavy work
+    if args.out is not None:
+        check_destination(args.out, args.force)  # before any heavy work
     exporter = exporter_for(args.format)
     model, checkpoint, how = load_model(args, exporter)
     cfg = model.config
     thresholds = thresholds_entry(args.thresholds, cfg, args.solver) if args.thresholds else None
     print(how, file=sys.stderr)
+    created = args.out is None
+    if created:
+        args.out = new_export_folder(f"{cfg.name}-{args.format}")
+        print(f"output: {args.out}", file=sys.stderr)
+    try:
+        return _write(args, model, sizes, thresholds, checkpoint)
+    except BaseException:
+        if created:  # the empty folder made for this export: leave no trace
+            with contextlib.suppress(OSError):
+                args.out.rmdir()
+        raise
+
+
+def _write(args, model, sizes, thresholds, checkpoint) -> int:
+    cfg = model.config
     from tqdm import tqdm
 
     total = cfg.num_exits * (len(sizes) if sizes else 1)
@@ -153,7 +173,7 @@ def main(argv=None) -> int:
         return export(args)
     except CheckpointMismatchError as err:
         print(f"error: {args.checkpoint} does not fit the model, nothing exported.\n{err}", file=sys.stderr)
-    except (DeployError, ConversionError, ConfigError, OSError, ValueError) as err:
+    except (DeployError, ConversionError, ConfigError, OSError, ValueError) as err:  # BadFileError is a ValueError
         print(f"error: {err}", file=sys.stderr)
     return EXIT_ERROR
 

@@ -38,6 +38,7 @@ from common.atomic import atomic_write  # noqa: E402
 from common.deploy import DeployError, load_runner, preprocess_image  # noqa: E402
 from common.deploy.preprocess import list_images, open_image  # noqa: E402
 from common.deploy.thresholds import parse_numbers, run_thresholds  # noqa: E402
+from common.readers import check_image_header  # noqa: E402
 
 EXIT_ERROR = 2
 DYNAMIC_BATCH = 64  # images per runner call when the export has a dynamic batch
@@ -73,6 +74,7 @@ def image_paths(args) -> list[str]:
     for p in paths:  # fail in seconds, before any inference, on a path that is not an image
         if not Path(p).is_file():
             raise DeployError(f"no such image file: {p}")
+        check_image_header(p)
     return paths
 
 
@@ -145,7 +147,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         infer(args)
-    except (DeployError, OSError, ValueError) as err:
+    except (DeployError, OSError, ValueError) as err:  # BadFileError (an image that does not read) is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ERROR
     return 0

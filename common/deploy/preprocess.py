@@ -5,8 +5,8 @@ interpolation=cfg.interpolation, crop_pct=cfg.crop_pct, mean, std)`): resize the
 floor(img_size / crop_pct) with the config's PIL filter, centre crop img_size x img_size (zero padding where
 the image is smaller), to float32 / 255, normalise with mean and std. It is written again here with PIL and
 numpy because an exported model must run where neither torch nor timm is installed; tests check it equal to
-timm's transform on real PNG and JPEG files. Files are opened as `torch_impl.data` opens them
-(`Image.open(path).convert("RGB")`, no EXIF rotation).
+timm's transform on real PNG and JPEG files. Files are read as `torch_impl.data` reads them
+(`common.readers.read_image`: decoded, converted to RGB, no EXIF rotation).
 
     prep = eval_preprocessing(cfg)                    # what the manifest stores under "preprocessing"
     row = preprocess_image_file("cat.jpg", manifest)  # (3, 224, 224) float32
@@ -17,9 +17,10 @@ import math
 import os
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from common.config import DVTConfig
+from common.readers import BadFileError, read_image
 
 from .manifest import DeployError
 
@@ -34,12 +35,12 @@ def eval_preprocessing(cfg: DVTConfig) -> dict:
     if cfg.interpolation not in PIL_FILTERS:
         raise DeployError(f"{cfg.name}: interpolation {cfg.interpolation!r} has no PIL filter; expected one of "
                           f"{sorted(PIL_FILTERS)}")
-    if cfg.in_chans not in (1, 3):
-        raise DeployError(f"{cfg.name}: image files give 1 (L) or 3 (RGB) channels, the model takes {cfg.in_chans}")
+    if cfg.in_chans != 3:
+        raise DeployError(f"{cfg.name}: image files are read as RGB (3 channels), the model takes {cfg.in_chans}")
     return {"transform": "resize shorter side, centre crop, /255, normalise (timm eval transform)",
             "img_size": cfg.img_size, "crop_pct": cfg.crop_pct, "resize": math.floor(cfg.img_size / cfg.crop_pct),
             "interpolation": cfg.interpolation, "crop_mode": "center", "scale": 255.0,
-            "mean": list(cfg.mean), "std": list(cfg.std), "color": "RGB" if cfg.in_chans == 3 else "L"}
+            "mean": list(cfg.mean), "std": list(cfg.std), "color": "RGB"}
 
 
 def _prep_of(spec) -> dict:
@@ -72,7 +73,7 @@ def _center_crop(a: np.ndarray, size: int) -> np.ndarray:
 def preprocess_image(img: Image.Image, spec) -> np.ndarray:
     """A PIL image -> (C, H, W) float32 (`spec`: a Manifest, its preprocessing dict or a DVTConfig)."""
     prep = _prep_of(spec)
-    img = img.convert(prep["color"])
+    img = img.convert(prep["color"])  # already RGB when read by open_image
     w, h = img.size
     new = _resized_size(w, h, int(prep["resize"]))
     if new != (w, h):
@@ -85,18 +86,16 @@ def preprocess_image(img: Image.Image, spec) -> np.ndarray:
     return np.ascontiguousarray((x - mean) / std)
 
 
-def open_image(path) -> Image.Image:
-    """The decoded image of a file (path or binary file object); DeployError naming it when it is not one."""
-    name = getattr(path, "name", path)
+def open_image(source) -> Image.Image:
+    """The decoded RGB image of a file (path, or binary file object such as a request body), read by the
+    project's image reader (`common.readers.read_image`, as `torch_impl.data` reads data sets): BadFileError
+    naming the file when it is not an image, FileNotFoundError when there is none."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            return img.copy()  # decoded, detached from the file
-    except FileNotFoundError:
-        raise DeployError(f"no such image file: {name}") from None
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise DeployError(f"cannot read image {name}: expected a decodable image file (PNG, JPEG, ...); "
-                          f"{type(err).__name__}: {err}") from None
+        return read_image(source)
+    except BadFileError as err:
+        if isinstance(source, (str, os.PathLike)):
+            raise
+        raise BadFileError(getattr(source, "name", "the image data"), err.expected, err.problem) from None
 
 
 def preprocess_image_file(path, manifest) -> np.ndarray:

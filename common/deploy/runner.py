@@ -86,13 +86,14 @@ class ExportRunner:
 
     def run(self, images, thresholds=None, criterion: str | None = None, *,
             budget: float | None = None) -> RunResult:
-        """Early exit on a batch. `thresholds`: K-1 or K numbers, (B, K-1) / (B, K) one row per image, or a
-        ThresholdCurve with `budget` (one number or (B,) per image); None: with `budget` the manifest's curve, else
-        the manifest's fixed thresholds (`thresholds.run_thresholds`)."""
-        t, criterion = run_thresholds(self.manifest.thresholds, self.num_exits, thresholds, criterion, budget)
+        """Early exit on a batch. `thresholds`: K-1 or K numbers, (B, K-1) / (B, K) numbers (one row per image),
+        or a ThresholdCurve with `budget` (one number or (B,) per image); None: with `budget` the manifest's
+        curve, else the manifest's fixed thresholds (`thresholds.run_thresholds`)."""
         x = self.check_images(images)
+        t, criterion = run_thresholds(self.manifest.thresholds, self.num_exits, thresholds, criterion, budget,
+                                      batch_size=x.shape[0])
         k_exits = self.num_exits
-        track = ExitTracker(x.shape[0], k_exits, t)  # t: (K,) shared or (B, K) per row
+        track = ExitTracker(x.shape[0], k_exits, t)
         pads, calls = [0] * k_exits, [0] * k_exits
         pieces = []  # logits of the leaving rows, stage by stage
         feeds = [x]

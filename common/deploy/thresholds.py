@@ -92,11 +92,12 @@ def manifest_curve(entry: dict | None) -> ThresholdCurve | None:
 
 
 def run_thresholds(entry: dict | None, num_exits: int, thresholds=None, criterion: str | None = None,
-                   budget: float | None = None) -> tuple[np.ndarray, str]:
-    """(thresholds (K,) float64, criterion) for one run.
+                   budget=None, batch_size: int | None = None) -> tuple[np.ndarray, str]:
+    """(thresholds (K,) or (B, K) float64, criterion) for one run of `batch_size` images.
 
-    `thresholds`: numbers or a ThresholdCurve (with `budget`), as for `forward_adaptive`; None: with `budget`
-    the manifest's curve, without it the manifest's fixed thresholds.
+    `thresholds`: numbers ((K-1,), (K,) or one row per image) or a ThresholdCurve (with `budget`: one number
+    or one per image), as for `forward_adaptive`; None: with `budget` the manifest's curve, without it the
+    manifest's fixed thresholds.
     """
     if thresholds is None:
         if budget is not None:
@@ -104,7 +105,7 @@ def run_thresholds(entry: dict | None, num_exits: int, thresholds=None, criterio
             if curve is None:
                 raise DeployError("a budget needs a threshold curve: this export carries none (export it with "
                                   "--thresholds RUN/thresholds.json), or pass thresholds")
-            return resolve_thresholds(curve, num_exits, criterion, budget)
+            return resolve_thresholds(curve, num_exits, criterion, budget, batch_size=batch_size)
         if not entry or entry.get("fixed") is None:
             curve = manifest_curve(entry)
             hint = (f"; its curve covers budgets {curve.expected_gflops.min():.6g} to "
@@ -113,4 +114,4 @@ def run_thresholds(entry: dict | None, num_exits: int, thresholds=None, criterio
                               f"(one per exit but the last) or a budget{hint}")
         fixed = [float(v) for v in entry["fixed"]]  # "inf" / "-inf" strings included
         return resolve_thresholds(fixed, num_exits, criterion or entry.get("criterion"))
-    return resolve_thresholds(thresholds, num_exits, criterion, budget)
+    return resolve_thresholds(thresholds, num_exits, criterion, budget, batch_size=batch_size)
