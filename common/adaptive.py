@@ -90,7 +90,9 @@ def resolve_thresholds(thresholds, num_exits: int, criterion: str | None = None,
 
 def _check_rows(rows: np.ndarray, batch_size: int | None) -> np.ndarray:
     if batch_size is not None and rows.shape[0] != batch_size:
-        raise ValueError(f"per-sample thresholds for {rows.shape[0]} samples, the batch has {batch_size}")
+        k = rows.shape[1]
+        raise ValueError(f"per-sample thresholds for {rows.shape[0]} samples, the batch has {batch_size}: "
+                         f"expected ({k},) or ({batch_size}, {k})")
     return rows
 
 

@@ -24,7 +24,13 @@ def configure(device: str | None = None, mode: str | None = None, device_id: int
     if device is not None:
         if device_id is None and ":" in str(device):
             device_id = int(str(device).split(":", 1)[1])
-        ms.set_device(device_target(device), device_id)
+        target = device_target(device)
+        try:
+            ms.set_device(target, device_id)
+        except RuntimeError as err:  # the runtime is up: fine when it already runs on that target
+            if ms.get_context("device_target") != target:
+                raise ValueError(f"MindSpore already runs on {ms.get_context('device_target')} in this process; "
+                                 f"{target} needs a new process") from err
     if mode is not None:
         if mode.lower() not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {sorted(MODES)}")

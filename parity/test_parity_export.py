@@ -2,7 +2,7 @@
 
 Per config (the seeded, perturbed torch model -> `.pth` -> tools/convert_weights.py -> `.ckpt` -> MindSpore;
 both exported through tools/export.py from those files):
-- every exported stage against the eager model of its own framework (`forward_intermediates`), fed the
+- every exported stage against the eager model of its own framework (`forward_exits`), fed the
   eager model's reused tensors: logits within 1e-5, the reused features and attention logits it hands on
   within 1e-4 (ONNX dynamic batch vs torch, MINDIR dynamic batch vs MindSpore PYNATIVE);
 - the runner (common.deploy) against `forward_adaptive` of its framework for a sweep of exit mixtures:
@@ -132,14 +132,14 @@ def eager_stage_io(outs, k: int, x: np.ndarray, cfg) -> tuple[list, dict]:
 def torch_eager(model, x: np.ndarray) -> list[dict]:
     import torch
     with torch.no_grad():
-        outs = model.forward_intermediates(torch.from_numpy(x))
+        outs = model.forward_exits(torch.from_numpy(x))
     return [{"logits": o.logits.numpy(), "features": o.features.numpy(),
              "relations": [r.numpy() for r in o.relations]} for o in outs]
 
 
 def ms_eager(net, x: np.ndarray) -> list[dict]:
     import mindspore as ms
-    outs = net.forward_intermediates(ms.Tensor(x))
+    outs = net.forward_exits(ms.Tensor(x))
     return [{"logits": o.logits.asnumpy(), "features": o.features.asnumpy(),
              "relations": [r.asnumpy() for r in o.relations]} for o in outs]
 

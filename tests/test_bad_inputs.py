@@ -27,6 +27,7 @@ FAST = ["--epochs", "1", "--max-steps-per-epoch", "1", "--solvers", "geometric",
 def _tool(name):
     spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 

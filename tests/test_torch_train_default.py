@@ -3,6 +3,7 @@
 The default run is the slow test of this suite (about two minutes on 2 CPU cores); every other
 training test uses tiny settings.
 """
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from common.training.recipes import with_token_dropout
 from common.training import SUMMARY_KEYS, load_summary, run_files
 from torch_impl import create_model, save_checkpoint
 from torch_impl import evaluate
@@ -62,7 +64,9 @@ def test_default_run_writes_everything_and_orders_the_exits(default_run):
     assert stdout.count("calib top-1 %") == epochs
     cfg = json.loads((out / "config.json").read_text())
     model = create_model("dvt_tiny_digits", checkpoint_path=out / "checkpoint.pth")
-    assert cfg == json.loads(json.dumps(model.config.to_dict()))  # JSON has lists, not tuples
+    # The checkpoint's model with the run's one override: the digits recipe's --token-drop 0 (recipes.py)
+    trained = dataclasses.replace(model.config, exits=with_token_dropout(model.config, 0.0))
+    assert cfg == json.loads(json.dumps(trained.to_dict()))  # JSON has lists, not tuples
 
 
 def test_evaluate_reproduces_the_training_summary(default_run, tmp_path):
