@@ -10,6 +10,10 @@ timed within the same round), the ratio of the minima (interference only adds ti
 median CPU times (`time.process_time`, user + system time of this process: with one thread it is the
 wall time of an idle machine, and other processes competing for the cores do not inflate it).
 
+Against the official PyTorch code (`--reference`): the reference repository's cascade, loaded with the
+same weights, is one more setting of the same interleaved rounds, and our full cascade's time is
+reported as a fraction of its time (same four measures).
+
 FLOPs-predicted speedup of an exit mixture: static GFLOPs / expected adaptive GFLOPs, where the expected
 cost is sum_k fraction_k x cumulative GFLOPs of exit k (`common.flops.cumulative_gflops`, which counts
 the paper's way) and the fractions are the ones the run actually produced.
@@ -113,6 +117,8 @@ def time_interleaved(settings: dict[str, Callable[[], object]], warmup: int, rep
 BASELINE = "baseline"  # the static backbone at the finest grid, plain forward (explicit attention)
 BASELINE_FAST = "baseline_fast"  # the same model through the adaptive path (fast kernels: fused attention)
 CASCADE = "cascade"  # the full cascade forward (every exit on every sample)
+BASELINE_VARIANT = "baseline_fast:"  # + variant: the fast-kernel baseline run the same way ("compiled", ...)
+REFERENCE = "reference"  # the official PyTorch code's cascade on the same weights (every exit on every sample)
 
 
 @dataclass
@@ -120,12 +126,14 @@ class Measurement:
     """One timed setting of one (framework, device, model, batch size)."""
 
     setting: str  # e.g. "static t2t_vit_12", "full cascade", "adaptive 0.6/0.25/0.15"
-    kind: str  # "static" | "cascade" | "adaptive"
+    kind: str  # "static" | "cascade" | "adaptive" | "reference"
     times_ms: list
     batch_size: int
     gflops_per_image: float  # FLOPs-counted cost (the expected cost of the exits taken, for adaptive settings)
-    role: str = ""  # BASELINE | BASELINE_FAST | CASCADE | ""
-    fast: bool | None = None  # adaptive path with fast kernels (fused attention, matmul relation reuse)
+    role: str = ""  # BASELINE | BASELINE_FAST | BASELINE_VARIANT + variant | CASCADE | REFERENCE | ""
+    fast: bool | None = None  # adaptive path with fast kernels (fused attention, deferred relations)
+    variant: str = ""  # how the fast path's stages run: "" (eager), "compiled" (torch.compile), "cuda graphs"
+    first_call_s: float | None = None  # seconds of the very first call (compiling / capturing, for variants)
     exit_counts: list | None = None  # adaptive: samples leaving at each exit (as run)
     target_fractions: list | None = None  # adaptive: the mixture asked for
     thresholds: list | None = None  # adaptive: the thresholds used ("inf"/"-inf" as strings)
@@ -200,7 +208,7 @@ class RunResult:
         for m in self.measurements:
             if m.kind != "adaptive":
                 continue
-            base = self.by_role(BASELINE_FAST if m.fast else BASELINE)
+            base = self.by_role(BASELINE_VARIANT + m.variant if m.variant else BASELINE_FAST if m.fast else BASELINE)
             if base is None:
                 continue
             measured = speed_ratios(base, m)
@@ -225,6 +233,16 @@ class RunResult:
                                  minima_overhead=r["of_minima"] - 1.0, cpu_overhead=_finite(r["cpu"] - 1.0)))
         return rows
 
+    def reference_comparison(self) -> dict | None:
+        """Our full cascade's time as a fraction of the official code's (same weights, same rounds)."""
+        ours, ref = self.by_role(CASCADE), self.by_role(REFERENCE)
+        if ours is None or ref is None:
+            return None
+        r = speed_ratios(ours, ref)  # ours / reference: "ours takes this fraction of its time"
+        return dict(setting=ours.setting, reference=ref.setting, time_fraction=r["of_medians"],
+                    paired_time_fraction=r["paired"], minima_time_fraction=r["of_minima"],
+                    cpu_time_fraction=_finite(r["cpu"]))
+
 
 # ---- report ------------------------------------------------------------------------------------
 def report_dict(results: list[tuple[RunResult, DVTConfig, DVTConfig]], meta: dict) -> dict:
@@ -234,7 +252,8 @@ def report_dict(results: list[tuple[RunResult, DVTConfig, DVTConfig]], meta: dic
                          batch_size=run.batch_size, info=run.info,
                          gflops=dict(cascade=cumulative_gflops(cascade), static=cumulative_gflops(static)[-1]),
                          measurements=[m.to_dict() for m in run.measurements],
-                         comparisons=run.comparisons(cascade, static), overheads=run.overheads()))
+                         comparisons=run.comparisons(cascade, static), overheads=run.overheads(),
+                         reference=run.reference_comparison()))
     return {"format": REPORT_FORMAT, "version": REPORT_VERSION, "meta": meta, "runs": runs}
 
 
@@ -266,6 +285,12 @@ def markdown_report(report: dict) -> str:
             lines += [""] + [f"- {o['setting']}: {100 * o['overhead']:+.1f}% vs the full cascade (paired rounds "
                              f"{100 * o['paired_overhead']:+.1f}%, minima {100 * o['minima_overhead']:+.1f}%, "
                              f"CPU time {_fmt(o['cpu_overhead'], '+.1f', 100)}%)" for o in run["overheads"]]
+        ref = run.get("reference")
+        if ref:
+            lines += ["", f"- {ref['setting']} takes {ref['time_fraction']:.3f} of the time of {ref['reference']} "
+                          f"(paired rounds {ref['paired_time_fraction']:.3f}, "
+                          f"minima {ref['minima_time_fraction']:.3f}, "
+                          f"CPU time {_fmt(ref['cpu_time_fraction'], '.3f')})"]
         lines.append("")
     return "\n".join(lines)
 

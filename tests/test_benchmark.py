@@ -128,11 +128,13 @@ def test_benchmark_tool_smoke_torch(tmp_path):
     import torch
     threads = torch.get_num_threads()
     try:
-        run = _smoke(tmp_path, "torch", ["--threads", "1"])
+        run = _smoke(tmp_path, "torch", ["--threads", "1", "--relations", "deferred,recompute,explicit"])
     finally:
         torch.set_num_threads(threads)
     assert run["info"]["threads"] == 1
-    assert len(run["comparisons"]) == 4  # two mixtures x (fast, default kernels)
+    assert len(run["comparisons"]) == 8  # two mixtures x (fast kernels x 3 ways of handing relations on, default)
+    settings = {m["setting"] for m in run["measurements"]}
+    assert {"adaptive 0.5/0.5, relations recompute", "adaptive 0/1, relations explicit"} <= settings
 
 
 def test_benchmark_tool_smoke_mindspore(tmp_path):
@@ -140,11 +142,64 @@ def test_benchmark_tool_smoke_mindspore(tmp_path):
     assert len(run["comparisons"]) == 2 and run["info"]["mode"] == "pynative"
 
 
+def test_stage_variants_and_setting_filter(tmp_path):
+    """--settings picks what is timed; a stage variant (here CUDA graphs, captured by the CPU stand-in) is
+    compared with the static backbone run the same way, and its first call is reported apart."""
+    import torch
+    args = tool.parse_args(["--framework", "torch", "--models", "dvt_tiny_deit_2exit", "--batch-sizes", "6",
+                            "--warmup", "0", "--repeat", "1", "--mixtures", "0.5/0.5", "--kernels", "fast",
+                            "--settings", "static,adaptive", "--threads", "1"])
+    args.cuda_graphs = True  # the tool asks for --device cuda; the stand-in capture runs the same plumbing
+    threads = torch.get_num_threads()
+    try:
+        backend = tool.TorchBackend("cpu", 1, False)
+        run, cascade, static = tool.bench_model(backend, "dvt_tiny_deit_2exit", 6, [(0.5, 0.5), (0.0, 1.0)], args,
+                                                lambda msg: None)
+    finally:
+        torch.set_num_threads(threads)
+    by_name = {m.setting: m for m in run.measurements}
+    assert "full cascade" not in by_name and {m.kind for m in run.measurements} == {"static", "adaptive"}
+    graphs = by_name["adaptive 0.5/0.5, cuda graphs"]
+    assert graphs.variant == "cuda graphs" and graphs.first_call_s > 0 and graphs.exit_counts == [3, 3]
+    baselines = {c["setting"]: c["baseline"] for c in run.comparisons(cascade, static)}
+    static_fast = "static dvt_tiny_deit_2exit_static_grid4, fast kernels"
+    assert baselines["adaptive 0.5/0.5, cuda graphs"] == static_fast + ", cuda graphs"
+    assert baselines["adaptive 0.5/0.5"] == static_fast
+
+
+@pytest.mark.slow
+def test_benchmark_against_the_official_code(tmp_path):
+    """--reference: the official cascade on our weights, interleaved with our full cascade."""
+    from torch_impl.official import is_official_repo
+    repo = Path("/work/.mirror/blackfeather-wang+Dynamic-Vision-Transformer/repo")
+    if not is_official_repo(repo):
+        pytest.skip("official DVT code not found")
+    import torch
+    threads = torch.get_num_threads()
+    out = tmp_path / "ref"
+    try:
+        assert tool.main(["--framework", "torch", "--models", "dvt_t2t_vit_12", "--batch-sizes", "1", "--threads", "1",
+                          "--warmup", "0", "--repeat", "1", "--settings", "cascade,reference", "--reference", str(repo),
+                          "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    (run,) = json.loads((out / "benchmark.json").read_text())["runs"]
+    ref = run["reference"]
+    assert ref["setting"] == "full cascade" and ref["reference"] == "reference full cascade (official code)"
+    assert ref["time_fraction"] > 0 and "takes" in (out / "benchmark.md").read_text()
+    note = next(m["note"] for m in run["measurements"] if m["kind"] == "reference")
+    assert float(note.split()[2]) <= 1e-5  # "logits within <diff> of ours"
+
+
 def test_benchmark_rejects_bad_arguments():
     with pytest.raises(SystemExit):
         tool.parse_args(["--framework", "jax"])
     with pytest.raises(SystemExit):
         tool.parse_args(["--kernels", "turbo"])
+    for bad in (["--relations", "lazy"], ["--settings", "everything"], ["--cuda-graphs"],
+                ["--reference", "/nonexistent/dvt"]):
+        with pytest.raises(SystemExit):
+            tool.parse_args(bad)
     with pytest.raises(ValueError, match="do not have 3 fractions"):
         tool.mixtures_for(3, "0.5/0.5")
     with pytest.raises(SystemExit) as exc:  # parse_args turns it into a usage error, exit status 2

@@ -294,3 +294,75 @@ def test_full_size_adaptive_equals_full_cascade(name, batch):
     rows = apart(full, leave_at)
     res = check(model, x, full, rows)
     assert res.exit_index.tolist() == leave_at == row_by_row(full, rows).tolist()
+
+
+# ---- fast path: deferred relations, compiled stages, CUDA-graph stages -------------------------------
+RELATION_MODES = ["deferred", "recompute", "explicit"]
+
+
+@pytest.mark.parametrize("name", ["dvt_tiny_t2t", "dvt_tiny_t2t_relation_reuse", "dvt_tiny_deit_4exit"])
+@pytest.mark.parametrize("relations", RELATION_MODES)
+def test_relation_modes_equal_full_cascade_and_offline_rule(name, relations):
+    """Logits for the rows that go on, computed after the decision (kept q/k or recomputed), change nothing."""
+    model = seeded(name)
+    x, full, sets = batch_and_thresholds(model, 12)
+    for _, thresholds in sets:
+        check(model, x, full, thresholds, relations=relations)
+
+
+@pytest.mark.slow
+def test_full_size_deferred_relations_equal_default_kernels():
+    """dvt_t2t_vit_12 at batch 2: both ways of deferring relations against the default (explicit) kernels."""
+    model = seeded("dvt_t2t_vit_12")
+    x, full, sets = batch_and_thresholds(model, 2, fraction_sets=[[0.5, 0, 0.5], [0, 0.5, 0.5]])
+    for _, thresholds in sets:
+        with torch.inference_mode():
+            default = adaptive_forward(model, x, thresholds, fast=False)
+        for relations in ("deferred", "recompute"):
+            res = check(model, x, full, thresholds, relations=relations)
+            assert torch.equal(res.exit_index, default.exit_index)
+            assert (res.logits - default.logits).abs().max() <= 2e-6
+
+
+def test_relation_modes_are_checked():
+    model = seeded("dvt_tiny_t2t")
+    with pytest.raises(ValueError, match="relations must be one of"):
+        adaptive_forward(model, images(model.config, 2), [0.5, 0.5], relations="lazy")
+
+
+def test_compiled_stages_equal_eager(monkeypatch):
+    """compile=...: each exit runs through torch.compile (dynamo only here, to stay fast); relation reuse
+    then takes its batched fast form, and results equal eager mode."""
+    from torch_impl.models.exit import ViTExit
+    model = seeded("dvt_tiny_deit_2exit")
+    x, full, sets = batch_and_thresholds(model, 12, fraction_sets=[[0.5, 0.5], [0.25, 0.75]])
+    seen = []
+    batched = ViTExit.reuse_relations
+
+    def spy(self, prev, fast=False):
+        seen.append(torch.compiler.is_compiling())
+        return batched(self, prev, fast)
+
+    monkeypatch.setattr(ViTExit, "reuse_relations", spy)
+    for _, thresholds in sets:  # the second split reuses the stages' graphs (dynamic batch size)
+        check(model, x, full, thresholds, compile={"backend": "eager"})
+    assert seen and all(seen)
+
+
+def test_cuda_graph_stages_on_the_cpu_stand_in():
+    """StageGraphs with the CPU stand-in of CUDA-graph capture: padded static buffers, one capture per
+    (stage, bucket), results equal eager mode; a StageGraphs serves one model only."""
+    from torch_impl.cuda_graphs import StageGraphs, eager_capture
+    model = seeded("dvt_tiny_t2t")
+    x, full, sets = batch_and_thresholds(model, 12)
+    graphs = StageGraphs(granularity=8, capture=eager_capture)
+    assert [graphs.bucket(n) for n in (1, 8, 9, 12)] == [8, 8, 16, 16]
+    for relations in ("deferred", "explicit"):
+        for _, thresholds in sets + sets:
+            check(model, x, full, thresholds, relations=relations, graphs=graphs)
+    captured = len(graphs)
+    for _, thresholds in sets:
+        check(model, x, full, thresholds, relations="deferred", graphs=graphs)
+    assert len(graphs) == captured  # replayed, not captured again
+    with pytest.raises(ValueError, match="another model"):
+        adaptive_forward(seeded("dvt_tiny_t2t"), x, sets[0][1], graphs=graphs)

@@ -48,5 +48,5 @@ def test_resampling_is_priced_by_our_handle():
     assert analysis.by_operator()[RESAMPLE_OP.split("::", 1)[1]] > 0
     # Nothing fvcore skipped does arithmetic it would charge (only elementwise/free ops remain).
     skipped = set(analysis.unsupported_ops())
-    assert skipped <= {"aten::add", "aten::mul", "aten::div", "aten::sub", "aten::exp", "aten::sum",
+    assert skipped <= {"aten::add", "aten::add_", "aten::mul", "aten::div", "aten::sub", "aten::exp", "aten::sum",
                        "aten::softmax", "aten::gelu", "aten::im2col", "aten::expand_as", "aten::new_zeros"}, skipped

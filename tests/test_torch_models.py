@@ -105,8 +105,10 @@ def test_relation_reuse_matches_reference_ops():
     L, H, Tp = model.config.depth, model.config.num_heads, s * s + 1
     prev = tuple(torch.randn(2, H, Tp, Tp) for _ in range(L))
     with torch.no_grad():
-        ours = torch.cat(ex.reuse_relations(prev), dim=1)
+        ours = torch.cat(tuple(ex.reuse_relations(prev)), dim=1)  # eager inference: block by block
         r = ex.relation_reuse_conv(torch.cat(prev, dim=1))
+    with torch.enable_grad():
+        batched = torch.cat(ex.reuse_relations(prev), dim=1).detach()  # the batched (autograd, traced) form
 
     def pool(m):  # reference: nearest upsample to 2s, adaptive average pool to t
         return F.adaptive_avg_pool2d(F.interpolate(m, size=(2 * s, 2 * s), mode="nearest"), (t, t))
@@ -117,6 +119,7 @@ def test_relation_reuse_matches_reference_ops():
     queries = pool(r2[..., 1:].reshape(-1, t * t + 1, s, s)).reshape(-1, t * t + 1, t * t)
     ref = torch.cat([r2[..., :1], queries], dim=2).transpose(1, 2).reshape(B, C, t * t + 1, t * t + 1)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(batched, ref, rtol=1e-5, atol=1e-6)
 
 
 def test_feature_reuse_matches_reference_ops():

@@ -51,9 +51,9 @@ if str(ROOT) not in sys.path:
 
 from common import get_config  # noqa: E402
 from common.adaptive import counts_for_fractions, scores, thresholds_for_fractions  # noqa: E402
-from common.benchmark import (BASELINE, BASELINE_FAST, CASCADE, Measurement, RunResult,  # noqa: E402
-                              encode_thresholds, mixture_label, parse_mixture, report_dict, static_config,
-                              time_interleaved, write_report)
+from common.benchmark import (BASELINE, BASELINE_FAST, BASELINE_VARIANT, CASCADE, REFERENCE,  # noqa: E402
+                              Measurement, RunResult, encode_thresholds, mixture_label, parse_mixture, report_dict,
+                              static_config, time_interleaved, write_report)
 from common.exits import per_exit  # noqa: E402
 from common.flops import cumulative_gflops  # noqa: E402
 
@@ -109,8 +109,8 @@ class TorchBackend:
     def forward(self, model, x):
         return model(x)
 
-    def adaptive(self, model, x, thresholds, fast: bool):
-        return self.adaptive_forward(model, x, thresholds, fast=fast)
+    def adaptive(self, model, x, thresholds, fast: bool, **options):
+        return self.adaptive_forward(model, x, thresholds, fast=fast, **options)
 
     def exit_logits(self, model, x) -> np.ndarray:
         return np.stack([lg.float().cpu().numpy() for lg in per_exit(model(x))])
@@ -118,6 +118,26 @@ class TorchBackend:
     def sync(self, _out) -> None:
         if self.device.type == "cuda":
             self.torch.cuda.synchronize(self.device)
+
+    def stage_graphs(self):
+        """A fresh `StageGraphs` (CUDA graphs per exit stage and padded batch size) for one setting."""
+        from torch_impl.cuda_graphs import StageGraphs, cuda_capture, eager_capture
+        return StageGraphs(capture=cuda_capture if self.device.type == "cuda" else eager_capture)
+
+    def reference(self, name: str, cascade, repo: str):
+        """The official code's model for `name` with `cascade`'s weights (None if it has no counterpart)."""
+        import tempfile
+
+        from torch_impl.checkpoint import named_state_dict
+        from torch_impl.official import OFFICIAL_MODELS, build_official, load_official
+        if name not in OFFICIAL_MODELS:
+            return None
+        if getattr(self, "_official", None) is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="dvt-official-")  # removed when the run ends
+            self._official = load_official(repo, self._scratch.name)
+        model = build_official(name, self._official)
+        model.load_state_dict(named_state_dict(cascade, "reference"), strict=True)
+        return model.eval().to(self.device)
 
 
 class MindSporeBackend:
@@ -167,7 +187,9 @@ class MindSporeBackend:
     def forward(self, model, x):
         return model(x)
 
-    def adaptive(self, model, x, thresholds, fast: bool):
+    def adaptive(self, model, x, thresholds, fast: bool, **options):
+        if options:
+            raise ValueError(f"the MindSpore benchmark has no options {sorted(options)}")
         return self.adaptive_forward(model, x, thresholds, fast=fast)
 
     def exit_logits(self, model, x) -> np.ndarray:
@@ -202,53 +224,119 @@ def bench_model(backend, name: str, batch: int, mixtures, args, log) -> tuple[Ru
         text = str(err)
         raise CheckpointProblem(text if text.startswith(str(args.checkpoint)) else f"--checkpoint {args.checkpoint}: "
                                 f"{text}") from None
-    static_models = {cfg.name: backend.build(cfg, args.seed) for cfg in statics}
     x = backend.images(cascade_cfg, batch, args.seed + 1)
     gflops = cumulative_gflops(cascade_cfg)
+    want = args.setting_kinds.__contains__
 
     settings, meta, last = {}, {}, {}  # last: the latest output of each adaptive setting
     with backend.context():
-        for cfg in statics:
-            m = static_models[cfg.name]
-            setting = f"static {cfg.name}"
-            settings[setting] = lambda m=m: backend.forward(m, x)
-            meta[setting] = dict(kind="static", gflops_per_image=cumulative_gflops(cfg)[-1],
-                                 role=BASELINE if cfg is finest else "")
-        m = static_models[finest.name]
-        setting = f"static {finest.name}, fast kernels"
-        settings[setting] = lambda m=m: backend.adaptive(m, x, [], True)
-        meta[setting] = dict(kind="static", gflops_per_image=cumulative_gflops(finest)[-1], role=BASELINE_FAST,
-                             fast=True)
-        settings["full cascade"] = lambda: backend.forward(cascade, x)
-        meta["full cascade"] = dict(kind="cascade", gflops_per_image=gflops[-1], role=CASCADE)
+        if want("static"):
+            static_models = {cfg.name: backend.build(cfg, args.seed) for cfg in statics}
+            for cfg in statics:
+                m = static_models[cfg.name]
+                setting = f"static {cfg.name}"
+                settings[setting] = lambda m=m: backend.forward(m, x)
+                meta[setting] = dict(kind="static", gflops_per_image=cumulative_gflops(cfg)[-1],
+                                     role=BASELINE if cfg is finest else "")
+            m = static_models[finest.name]
+            setting = f"static {finest.name}, fast kernels"
+            settings[setting] = lambda m=m: backend.adaptive(m, x, [], True)
+            meta[setting] = dict(kind="static", gflops_per_image=cumulative_gflops(finest)[-1], role=BASELINE_FAST,
+                                 fast=True)
+            for variant, options in _stage_variants(backend, args):
+                setting = f"static {finest.name}, fast kernels, {variant}"
+                settings[setting] = lambda m=m, o=options(): backend.adaptive(m, x, [], True, **o)
+                meta[setting] = dict(kind="static", gflops_per_image=cumulative_gflops(finest)[-1],
+                                     role=BASELINE_VARIANT + variant, fast=True, variant=variant)
+        if want("cascade"):
+            settings["full cascade"] = lambda: backend.forward(cascade, x)
+            meta["full cascade"] = dict(kind="cascade", gflops_per_image=gflops[-1], role=CASCADE)
+        if want("reference"):
+            _add_reference(backend, name, cascade, x, args, settings, meta, gflops[-1], log)
 
-        s = np.stack([scores(lg, args.criterion) for lg in backend.exit_logits(cascade, x)])
-        for fractions in mixtures:
-            thresholds, counts, margin = thresholds_for_fractions(s, fractions)
-            target = counts_for_fractions(fractions, batch)
-            note = ("" if np.array_equal(counts, target)
-                    else f"asked for counts {target.tolist()}, got {counts.tolist()}")
-            for fast in args.fast_variants:
-                setting = f"adaptive {mixture_label(fractions)}" + ("" if fast else ", default kernels")
-                settings[setting] = lambda th=thresholds, f=fast, key=setting: _keep(
-                    last, key, backend.adaptive(cascade, x, th, f))
-                meta[setting] = dict(kind="adaptive", fast=fast, target_fractions=list(fractions),
-                                     thresholds=encode_thresholds(thresholds), note=note,
-                                     gflops_per_image=float(counts @ np.asarray(gflops) / batch))
-            log(f"  mixture {mixture_label(fractions)}: counts {counts.tolist()}, thresholds "
-                f"{[f'{v:.6g}' for v in thresholds]}, closest confidence {margin:.2g} from a threshold")
+        if want("adaptive"):
+            s = np.stack([scores(lg, args.criterion) for lg in backend.exit_logits(cascade, x)])
+            for fractions in mixtures:
+                thresholds, counts, margin = thresholds_for_fractions(s, fractions)
+                target = counts_for_fractions(fractions, batch)
+                note = ("" if np.array_equal(counts, target)
+                        else f"asked for counts {target.tolist()}, got {counts.tolist()}")
+                for label, fast, variant, options in _adaptive_variants(backend, args):
+                    setting = f"adaptive {mixture_label(fractions)}{label}"
+                    settings[setting] = lambda th=thresholds, f=fast, o=options, key=setting: _keep(
+                        last, key, backend.adaptive(cascade, x, th, f, **o))
+                    meta[setting] = dict(kind="adaptive", fast=fast, variant=variant,
+                                         target_fractions=list(fractions), thresholds=encode_thresholds(thresholds),
+                                         note=note, gflops_per_image=float(counts @ np.asarray(gflops) / batch))
+                log(f"  mixture {mixture_label(fractions)}: counts {counts.tolist()}, thresholds "
+                    f"{[f'{v:.6g}' for v in thresholds]}, closest confidence {margin:.2g} from a threshold")
 
+        first_call = {}
+        for setting, m in meta.items():  # compiling / capturing happens here, outside the timed rounds
+            if m.get("variant"):
+                start = time.perf_counter()
+                backend.sync(settings[setting]())
+                first_call[setting] = time.perf_counter() - start
+                log(f"  {setting}: first call {first_call[setting]:.1f} s ({m['variant']}: prepares every exit stage)")
         start = time.perf_counter()
         times, cpu_times = time_interleaved(settings, args.warmup, args.repeat, backend.sync,
                                             progress=lambda msg: log(f"  {msg} ({time.perf_counter() - start:.0f} s)"))
         run = RunResult(backend.name, args.device, name, finest.name, batch, info=backend.info())
         for setting in settings:
             m = Measurement(setting=setting, times_ms=times[setting], cpu_times_ms=cpu_times[setting], batch_size=batch,
-                            **meta[setting])
+                            first_call_s=first_call.get(setting), **meta[setting])
             if m.kind == "adaptive":
                 m.exit_counts = list(last[setting].exit_counts)  # the split the timed calls took
+            if m.first_call_s is not None:
+                m.note = "; ".join(filter(None, [m.note, f"first call {m.first_call_s:.1f} s"]))
             run.measurements.append(m)
     return run, cascade_cfg, finest
+
+
+def _stage_variants(backend, args) -> list[tuple[str, object]]:
+    """(variant, options factory) for the ways of running the fast path's stages asked for (torch only).
+
+    A factory, because CUDA graphs are kept per setting: each setting captures its own."""
+    if backend.name != "torch":
+        return []
+    out = []
+    if args.compile:
+        out.append(("compiled", lambda: dict(compile=True)))
+    if args.cuda_graphs:
+        out.append(("cuda graphs", lambda: dict(graphs=backend.stage_graphs())))
+    return out
+
+
+def _adaptive_variants(backend, args) -> list[tuple[str, bool, str, dict]]:
+    """(setting label suffix, fast, variant, options of backend.adaptive) for every adaptive variant asked for."""
+    out = []
+    for fast in args.fast_variants:
+        if not fast:
+            out.append((", default kernels", False, "", {}))
+            continue
+        for relations in args.relation_modes if backend.name == "torch" else ("deferred",):
+            options = {} if relations == "deferred" else dict(relations=relations)
+            out.append(("" if relations == "deferred" else f", relations {relations}", True, "", options))
+        for variant, options in _stage_variants(backend, args):
+            out.append((f", {variant}", True, variant, options()))
+    return out
+
+
+def _add_reference(backend, name, cascade, x, args, settings, meta, gflops, log) -> None:
+    """The official code's cascade on our weights, checked against ours on the benchmark batch."""
+    if backend.name != "torch":
+        return
+    ref = backend.reference(name, cascade, args.reference)
+    if ref is None:
+        log(f"  --reference: the official code has no counterpart of {name}; not timed")
+        return
+    ours, theirs = per_exit(backend.forward(cascade, x)), ref(x)
+    diff = max(float((a.float() - b.float()).abs().max()) for a, b in zip(ours, theirs))
+    log(f"  reference: official code on the same weights, per-exit logits differ by <= {diff:.2g}")
+    setting = "reference full cascade (official code)"
+    settings[setting] = lambda: ref(x)
+    meta[setting] = dict(kind="reference", gflops_per_image=gflops, role=REFERENCE,
+                         note=f"logits within {diff:.2g} of ours")
 
 
 def print_run(run: RunResult, cascade_cfg, static_cfg) -> None:
@@ -267,6 +355,11 @@ def print_run(run: RunResult, cascade_cfg, static_cfg) -> None:
         print(f"{o['setting']:48s} overhead vs full cascade {100 * o['overhead']:+.1f}% (paired rounds "
               f"{100 * o['paired_overhead']:+.1f}%, minima {100 * o['minima_overhead']:+.1f}%, "
               f"CPU time {100 * (o['cpu_overhead'] or float('nan')):+.1f}%)")
+    ref = run.reference_comparison()
+    if ref:
+        print(f"{ref['setting']:48s} takes {ref['time_fraction']:.3f} of the official code's time (paired rounds "
+              f"{ref['paired_time_fraction']:.3f}, minima {ref['minima_time_fraction']:.3f}, "
+              f"CPU time {ref['cpu_time_fraction'] or float('nan'):.3f})")
 
 
 def parse_args(argv=None):
@@ -280,8 +373,23 @@ def parse_args(argv=None):
                    help="comma-separated exit fractions, e.g. 0.6/0.25/0.15 (default per exit count); "
                         "0/../1 (all to the last exit) is always added")
     p.add_argument("--kernels", default="fast,default",
-                   help="adaptive variants: fast (fused attention, matmul relation reuse), default, or both "
+                   help="adaptive variants: fast (fused attention, deferred relations), default, or both "
                         "(= fast,default)")
+    p.add_argument("--relations", default="deferred",
+                   help="torch fast kernels: how exits hand attention logits on, comma-separated: deferred (computed "
+                        "after the exit decision from kept q, k), recompute (from kept block inputs), explicit")
+    p.add_argument("--compile", action="store_true",
+                   help="torch: also time early exit with every exit stage compiled (torch.compile), against the "
+                        "static backbone compiled the same way; the first call (compiling) is reported apart")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="torch on CUDA: also time early exit with every exit stage replayed as a CUDA graph (one per "
+                        "stage and padded batch size), against the static backbone run the same way")
+    p.add_argument("--reference", default=None, metavar="DIR",
+                   help="torch: also time the official DVT PyTorch code (a checkout or git mirror of "
+                        "blackfeather-wang/Dynamic-Vision-Transformer) on the same weights, against our full cascade")
+    p.add_argument("--settings", default="static,cascade,adaptive,reference",
+                   help="which settings to time, comma-separated: static, cascade, adaptive, reference "
+                        "(reference needs --reference)")
     p.add_argument("--criterion", default="confidence", choices=("confidence", "entropy"))
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeat", type=int, default=5)
@@ -328,6 +436,22 @@ def parse_args(argv=None):
             args.mixture_lists[name] = mixtures_for(k_exits, args.mixtures)
         except ValueError as err:  # unknown model (with suggestions), bad mixture
             p.error(str(err))
+    if args.cuda_graphs and args.device.lower() not in ("cuda", "gpu"):
+        p.error("--cuda-graphs needs --device cuda")
+    args.relation_modes = [v.strip() for v in args.relations.split(",") if v.strip()]
+    if not args.relation_modes or set(args.relation_modes) - {"deferred", "recompute", "explicit"}:
+        p.error("--relations takes deferred, recompute and/or explicit")
+    kinds = {v.strip() for v in args.settings.split(",") if v.strip()}
+    if not kinds or kinds - {"static", "cascade", "adaptive", "reference"}:
+        p.error("--settings takes static, cascade, adaptive and/or reference")
+    if args.reference:
+        from torch_impl.official import is_official_repo
+        if not is_official_repo(args.reference):
+            p.error(f"--reference {args.reference}: not a checkout or git mirror of the official DVT code "
+                    "(models/t2t_vit.py not found)")
+    else:
+        kinds.discard("reference")
+    args.setting_kinds = kinds
     return args
 
 

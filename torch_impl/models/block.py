@@ -44,7 +44,7 @@ class Block(nn.Module):
 
     With `collect=True` it returns `(out, logits, context)`, where `context` is the (B, T, ctx)
     tensor concatenated into the MLP input (None without feature reuse). `need_logits=False`: the
-    attention runs fused and `logits` is None (see `attention.py`).
+    attention runs fused and `logits` is None, or what `keep` asks for (see `attention.py`).
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_hidden: int, *, qkv_bias: bool = False,
@@ -70,8 +70,9 @@ class Block(nn.Module):
             self.context_resample = GridResample(context.src_grid, context.dst_grid, context.resample)
 
     def forward(self, x: torch.Tensor, prev_features: torch.Tensor | None = None,
-                reused_logits: torch.Tensor | None = None, collect: bool = False, need_logits: bool = True):
-        attn_out, logits = self.attn(self.norm1(x), reused_logits, need_logits)
+                reused_logits: torch.Tensor | None = None, collect: bool = False, need_logits: bool = True,
+                keep: str | None = None):
+        attn_out, logits = self.attn(self.norm1(x), reused_logits, need_logits, keep)
         h = x + self.drop_path(attn_out)
         context = None
         if prev_features is None:

@@ -122,11 +122,14 @@ class DVT(nn.Module):
         return outputs
 
     def forward_adaptive(self, x: torch.Tensor, thresholds, criterion: str | None = None, *,
-                         budget: float | None = None, fast: bool = True) -> AdaptiveResult:
+                         budget: float | None = None, fast: bool = True,
+                         relations: str = "deferred", compile: bool | dict = False,
+                         graphs=None) -> AdaptiveResult:
         """Early exit: each sample runs exits until one is confident enough (`adaptive.adaptive_forward`)."""
         if self.num_classes == 0:
             raise ValueError("early exit needs classifier heads; this model has num_classes=0 (features only)")
-        return adaptive_forward(self, x, thresholds, criterion, budget=budget, fast=fast)
+        return adaptive_forward(self, x, thresholds, criterion, budget=budget, fast=fast, relations=relations,
+                                compile=compile, graphs=graphs)
 
     def forward_intermediates(self, x: torch.Tensor, indices=None, norm: bool = False, stop_early: bool = False,
                               output_fmt: str = "NCHW", intermediates_only: bool = False,

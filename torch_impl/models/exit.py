@@ -5,9 +5,12 @@ features are the final tokens before the norm (B, T, D), relations the per-block
 (B, H, T, T) including any reused part. Nothing depends on the batch size, so the adaptive path can
 call an exit on the still-active samples only (with the matching rows of prev_features/relations).
 `need_relations=False` (no later exit reuses them): fused attention in every block, relations None.
-`fast=True` (adaptive inference): the reused relations are computed with larger kernels
-(`reuse_relations`); outputs equal the default path within fp32 rounding. The defaults are the
-reference computation that parity and FLOPs counting use.
+`fast=True`: batched fast relation-reuse kernels (for export, compiling, CUDA; eager CPU inference has
+its own, `reuse_relations`). `defer_relations="qk"` / `"input"` (adaptive inference): fused attention in
+every block too, and the relations come back as a `DeferredRelations` that computes them later for the
+rows that need them.
+The defaults are the reference computation that parity and FLOPs counting use; the other paths equal
+it within fp32 rounding.
 
 The classifier side follows timm's ViT: `forward_head(tokens_after_norm, pre_logits)` pools
 (`global_pool`: 'token' = the cls token, the reference; 'avg' / 'max' / 'avgmax' over patch tokens;
@@ -70,6 +73,96 @@ def check_image(x: torch.Tensor, in_chans: int, img_size: int, dtype: torch.dtyp
                         "float32")
 
 
+class ReusedRelations:
+    """The maps an exit adds to its blocks' attention logits, resampled when a block asks for them.
+
+    `z` (B, H*L, Tp, Tp): the relation-reuse MLP's output at the previous exit's grid; `self[l]` (or
+    `block(l, rows)`) resamples group l (of rows `rows`) to this exit's grid, (n, H, T, T), with
+    `GridResample.relations_into`. One block's maps at a time keep the working set L times smaller than the
+    whole set, which on CPU costs as much in fresh memory (page faults, cache misses) as the arithmetic;
+    the maps equal the batched computation's within fp32 rounding. Eager inference only (no autograd).
+    """
+
+    def __init__(self, z: torch.Tensor, num_heads: int, resample: GridResample):
+        self.z, self.num_heads, self.resample = z, num_heads, resample
+
+    def __len__(self) -> int:
+        return self.z.shape[1] // self.num_heads
+
+    def __getitem__(self, l: int) -> torch.Tensor:
+        return self.block(l)
+
+    def __iter__(self):
+        return (self.block(l) for l in range(len(self)))
+
+    def narrow(self, n: int) -> "ReusedRelations":
+        return ReusedRelations(self.z[:n], self.num_heads, self.resample)
+
+    def tensors(self) -> list:
+        return [self.z]
+
+    def block(self, l: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.num_heads
+        z = self.z[:, l * h:(l + 1) * h]
+        if rows is not None:
+            z = z.index_select(0, rows)
+        n, t = z.shape[0], 1 + self.resample.dst ** 2
+        out = z.new_empty(n, h, t, t)
+        self.resample.relations_into(z.reshape(n * h, *z.shape[2:]), out.view(n * h, t, t))
+        return out
+
+
+class _Attns(NamedTuple):
+    attns: list
+
+
+class DeferredRelations:
+    """An exit's attention logits, not computed yet ("deferred relations" of adaptive inference).
+
+    Only the samples that go on to the next exit need exit k's relations, and after exit k most samples
+    leave. So exit k runs fused attention for all its rows, keeps each block's q and k (`kept="qk"`) or its
+    attention input (`kept="input"`, q and k recomputed: less memory, more work) and the maps reused in its
+    logits, and `rows(index)` computes `Attention.logits` for the rows that continue, after the decision.
+    """
+
+    def __init__(self, blocks, kept: list, reused, kept_kind: str):
+        self.attns = blocks.attns if isinstance(blocks, _Attns) else [b.attn for b in blocks]
+        self.kept, self.reused, self.kept_kind = kept, reused, kept_kind
+
+    def narrow(self, n: int) -> "DeferredRelations":
+        """The first n rows (a stage run padded to a larger batch, `torch_impl.cuda_graphs`)."""
+        kept = [tuple(t[:n] for t in k) if self.kept_kind == "qk" else k[:n] for k in self.kept]
+        reused = None if self.reused is None else (
+            self.reused.narrow(n) if isinstance(self.reused, ReusedRelations) else tuple(r[:n] for r in self.reused))
+        return DeferredRelations(_Attns(self.attns), kept, reused, self.kept_kind)
+
+    def tensors(self) -> list:
+        """Every tensor it holds (what a captured stage's static outputs are)."""
+        kept = [t for k in self.kept for t in (k if self.kept_kind == "qk" else (k,))]
+        reused = [] if self.reused is None else (
+            self.reused.tensors() if isinstance(self.reused, ReusedRelations) else list(self.reused))
+        return kept + reused
+
+    def rows(self, index: torch.Tensor | None = None) -> tuple:
+        """L x (n, H, T, T) relations of rows `index` (None: all rows), as the explicit path computes them."""
+        out = []
+        for i, (attn, kept) in enumerate(zip(self.attns, self.kept)):
+            if index is not None:
+                kept = tuple(t.index_select(0, index) for t in kept) if self.kept_kind == "qk" \
+                    else kept.index_select(0, index)
+            r = None if self.reused is None else _reused_rows(self.reused, i, index)
+            q, k = kept if self.kept_kind == "qk" else attn.qk(kept)
+            out.append(attn.logits(q, k, r))
+        return tuple(out)
+
+
+def _reused_rows(reused, l: int, rows: torch.Tensor | None) -> torch.Tensor:
+    """Block l's reused maps for rows `rows` (None: all), from a `ReusedRelations` or a tuple of maps."""
+    if isinstance(reused, ReusedRelations):
+        return reused.block(l, rows)
+    return reused[l] if rows is None else reused[l].index_select(0, rows)
+
+
 class ViTExit(nn.Module):
     """Exit `index` of `cfg`. Exits k >= 1 reuse exit k-1 as the config says (DESIGN.md §1-2)."""
 
@@ -113,7 +206,7 @@ class ViTExit(nn.Module):
             self.relation_resample = GridResample(prev_grid, ex.grid, cfg.reuse_resample)
             self.register_buffer("relation_matrix",
                                  torch.tensor(relation_resample_matrix(prev_grid, ex.grid, cfg.reuse_resample)),
-                                 persistent=False)  # fast path only; never in a state dict
+                                 persistent=False)  # batched fast kernels only; never in a state dict
         check_pool(global_pool)
         self.global_pool = global_pool
         self.num_classes = cfg.num_classes
@@ -134,13 +227,21 @@ class ViTExit(nn.Module):
         tokenizer = self.tokens_to_token if hasattr(self, "tokens_to_token") else self.patch_embed
         return tokenizer(x)
 
-    def reuse_relations(self, prev_relations, fast: bool = False) -> tuple:
-        """L x (B, H, Tp, Tp) logits of exit k-1 -> L x (B, H, T, T) maps to add, block by block.
+    def reuse_relations(self, prev_relations, fast: bool = False):
+        """L x (B, H, Tp, Tp) logits of exit k-1 -> the L (B, H, T, T) maps to add, block by block.
 
-        `fast=True`: the same maps from fewer, larger kernels: the 1x1 convolutions as matmuls over
-        channels-last pixels, and the resampling of both axes as `M @ R @ M^T` with the dense
-        `relation_matrix` M (cls carried, A kron A on patches). About 2x faster on CPU at 10x10 -> 14x14.
+        Eager CPU inference (no autograd, not tracing or compiling) returns them as a `ReusedRelations`:
+        the MLP image by image, each block's maps resampled when the block asks for them
+        (`_reuse_relations_by_image`); about half the time of the batched forms on CPU. Otherwise a tuple:
+        by default the batched reference computation (layer-major concatenation, the two 1x1
+        convolutions, `GridResample.relations`), which autograd and fvcore see; with `fast=True` the same
+        maps from fewer, larger kernels that also export and compile well: the 1x1 convolutions as matmuls
+        over channels-last pixels, and the resampling of both axes as `M @ R @ M^T` with the dense
+        `relation_matrix` M (cls carried, A kron A on patches). All equal within fp32 rounding.
         """
+        if not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+                or isinstance(prev_relations[0], torch.fx.Proxy) or prev_relations[0].device.type != "cpu"):
+            return self._reuse_relations_by_image(prev_relations)
         if not fast:
             r = self.relation_reuse_conv(torch.cat(list(prev_relations), dim=1))  # layer-major channels
             return self.relation_resample.relations(r).split(self.num_heads, dim=1)
@@ -153,12 +254,33 @@ class ViTExit(nn.Module):
         t = m.shape[0]
         return (m @ r).reshape(B, c, t, t).split(self.num_heads, dim=1)  # query axis
 
+    def _reuse_relations_by_image(self, prev_relations) -> "ReusedRelations":
+        """The relation-reuse MLP one image at a time: the 1x1 convolutions as two matmuls on the image's
+        (H*L, Tp*Tp) maps, so that no batch-sized hidden layer (3x the maps) is ever allocated; the
+        resampling is left to `ReusedRelations`, one block at a time. No autograd.
+        """
+        conv1, act, conv2 = self.relation_reuse_conv
+        w1, b1 = conv1.weight.flatten(1), conv1.bias.unsqueeze(1)
+        w2, b2 = conv2.weight.flatten(1), conv2.bias.unsqueeze(1)
+        batch, tp = prev_relations[0].shape[0], prev_relations[0].shape[-1]
+        z = None
+        for b in range(batch):
+            r = torch.cat([p[b] for p in prev_relations]).flatten(1)  # (H*L, Tp*Tp), layer-major
+            zb = torch.addmm(b2, w2, act(torch.addmm(b1, w1, r)))
+            if z is None:
+                z = zb.new_empty(batch, zb.shape[0], tp, tp)
+            z[b] = zb.view(-1, tp, tp)
+        if z is None:  # empty batch
+            z = prev_relations[0].new_empty(0, w2.shape[0], tp, tp)
+        return ReusedRelations(z, self.num_heads, self.relation_resample)
+
     def forward_tokens(self, x: torch.Tensor, prev_features: torch.Tensor | None = None, prev_relations=None, *,
                        collect: bool = False, need_relations: bool = True, fast: bool = False, take=(),
-                       last_block: int | None = None) -> ExitTokens:
+                       last_block: int | None = None, defer: str | None = None) -> ExitTokens:
         """Tokenizer, cls token, position embedding and blocks 0..`last_block` (default: all).
 
-        The tokens after every block listed in `take` are returned in `taken`.
+        The tokens after every block listed in `take` are returned in `taken`. `defer` ("qk" / "input"): the
+        blocks run fused attention and keep what `DeferredRelations` needs instead of returning their logits.
         """
         check_image(x, self.in_chans, self.img_size, self.cls_token.dtype)
         self._check_reuse_inputs(prev_features, prev_relations)
@@ -171,7 +293,8 @@ class ViTExit(nn.Module):
         relations, contexts, taken = [], [], []
         blocks = self.blocks if last_block is None else self.blocks[:last_block + 1]
         for i, block in enumerate(blocks):
-            args = (t, prev_features, None if reused is None else reused[i], collect, need_relations)
+            args = (t, prev_features, None if reused is None else reused[i], collect, need_relations and not defer,
+                    defer)
             if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
                 out = checkpoint(block, *args)  # activations recomputed in backward (non-reentrant)
             else:
@@ -185,16 +308,29 @@ class ViTExit(nn.Module):
         return ExitTokens(t, relations, contexts, reused, taken)
 
     def forward(self, x: torch.Tensor, prev_features: torch.Tensor | None = None,
-                prev_relations=None, collect: bool = False, need_relations: bool = True, fast: bool = False):
+                prev_relations=None, collect: bool = False, need_relations: bool = True, fast: bool = False,
+                defer_relations: str | None = None):
         """-> (logits, features, relations); with `collect=True` an `ExitOutput` with the reused parts.
 
         `need_relations=False`: the blocks use fused attention and `relations` is None.
-        `fast=True`: fast relation-reuse kernels (`reuse_relations`).
+        `fast=True`: the batched fast relation-reuse kernels where eager CPU inference does not apply
+        (exported and compiled stages, CUDA; `reuse_relations`).
+        `defer_relations` "qk" or "input" (with `need_relations`): fused attention, and `relations` is a
+        `DeferredRelations` keeping each block's q and k, or its attention input, for computing the
+        relations of chosen rows later.
         """
+        if defer_relations not in (None, "qk", "input"):
+            raise ValueError(f"defer_relations must be None, 'qk' or 'input', got {defer_relations!r}")
+        defer = defer_relations if need_relations else None
+        if defer and collect:
+            raise ValueError("collect=True returns the relations themselves: it cannot defer them")
         t, relations, contexts, reused, _ = self.forward_tokens(
-            x, prev_features, prev_relations, collect=collect, need_relations=need_relations, fast=fast)
+            x, prev_features, prev_relations, collect=collect, need_relations=need_relations, fast=fast, defer=defer)
         logits = self.forward_head(self.norm(t))
-        relations = tuple(relations) if need_relations else None
+        if defer:
+            relations = DeferredRelations(self.blocks, relations, reused, defer)
+        else:
+            relations = tuple(relations) if need_relations else None
         if not collect:
             return logits, t, relations
         return ExitOutput(logits, t, relations, tuple(contexts) if self.feature_reuse else None,

@@ -83,7 +83,33 @@ class GridResample(nn.Module):
         r = self._last_axis(r)
         return self._last_axis(r.transpose(-1, -2)).transpose(-1, -2)
 
+    def relations_into(self, r: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """`relations` of maps (C, 1+s*s, 1+s*s), written into `out` (C, 1+t*t, 1+t*t).
+
+        The same products with A, arranged for inference (no autograd): each axis of the s x s patch grid
+        is one batched matmul over all maps, and the large intermediates are never concatenated or
+        copied; the cls row and column are carried. Equal to `relations` within fp32 rounding (the
+        products are summed in another order).
+        """
+        a = self.matrix.to(r.dtype)
+        s, t = self.src, self.dst
+        C, T = r.shape[0], 1 + t * t
+        out[:, 0] = self._keys(r[:, :1], a)[:, 0]  # cls row: key axis only
+        patch_rows = self._keys(r[:, 1:], a)  # (C, s*s, T), query rows in row-major (i1, i2) order
+        rows = (a @ patch_rows.view(C * s, s, T)).view(C, s, t * T)  # query axis i2
+        torch.matmul(a, rows, out=out[:, 1:].view(C, t, t * T))  # query axis i1
+        return out
+
+    def _keys(self, r: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """Key axis of (C, n, 1+s*s) maps -> (C, n, 1+t*t): cls column carried, A X A^T on the patch grid."""
+        C, n, _ = r.shape
+        s, t = self.src, self.dst
+        out = r.new_empty(C, n, 1 + t * t)
+        out[..., 0] = r[..., 0]
+        out[..., 1:] = ((a @ r[..., 1:].reshape(C * n, s, s)) @ a.transpose(0, 1)).view(C, n, t * t)
+        return out
+
     def _last_axis(self, r: torch.Tensor) -> torch.Tensor:
-        B, C, n, _ = r.shape  # named sizes, not `*shape[:-1]`: torch.fx can trace these
-        patches = self(r[..., 1:].reshape(B, C, n, self.src, self.src))
-        return torch.cat([r[..., :1], patches.reshape(B, C, n, self.dst * self.dst)], dim=-1)
+        lead = r.shape[:-1]  # any leading dims (batched maps or one image's); a shape expression torch.fx traces
+        patches = self(r[..., 1:].reshape(lead + (self.src, self.src)))
+        return torch.cat([r[..., :1], patches.reshape(lead + (self.dst * self.dst,))], dim=-1)
