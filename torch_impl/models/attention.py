@@ -67,7 +67,7 @@ class Attention(nn.Module):
 
     def logits(self, q: torch.Tensor, k: torch.Tensor, reused: torch.Tensor | None = None) -> torch.Tensor:
         """Pre-softmax logits `(q * scale) @ k^T (+ reused)`: (B, H, T, T) from (B, H, T, head_dim) q and k."""
-        logits = (q * self.scale) @ k.transpose(-2, -1)
+        logits = (q * self.scale) @ k.contiguous().transpose(-2, -1)  # k^T as a view: no transposing copy
         if reused is None:
             return logits
         if isinstance(logits, torch.fx.Proxy) or reused.dtype != logits.dtype:  # FX trace; autocast: the

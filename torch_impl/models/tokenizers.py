@@ -3,7 +3,8 @@
 T2T: `unfold(splits[0])`, then for each token layer: layer -> reshape to its grid (row-major) ->
 `unfold(next split)`, and a final Linear `project`. Token layers are either Performers (the DVT
 reference) or one-head Transformers (T2T-ViT's `t2t_vit_t_*`). Everything is explicit matmuls so
-fvcore counts it; `F.unfold` is free, as in the reference count (DESIGN.md §4).
+fvcore counts it; the soft splits (the reference's `nn.Unfold`) are data movement, free in the count
+(DESIGN.md §4).
 """
 from __future__ import annotations
 
@@ -113,6 +114,10 @@ class TokenTransformer(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def _traced() -> bool:
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
 class T2TTokenizer(nn.Module):
     """Tokens-to-token: (B, C, H, W) -> (B, grid*grid, dim). Token layers are `attention1..n`."""
 
@@ -133,14 +138,36 @@ class T2TTokenizer(nn.Module):
 
     @staticmethod
     def soft_split(x: torch.Tensor, split) -> torch.Tensor:
-        return F.unfold(x, split.kernel, stride=split.stride, padding=split.padding).transpose(1, 2)
+        """`F.unfold(x, ...).transpose(1, 2)` of an image (B, C, H, W): (B, L, C*k*k) patches, channel-major
+        as unfold orders them, gathered straight into that layout from a window view (unfold then the
+        transpose would copy twice, and the LayerNorm after it once more). Bit for bit the same. Traced
+        (fvcore, ONNX export, which has no strided windows) it is `F.unfold` itself."""
+        k, s, p = split.kernel, split.stride, split.padding
+        if _traced():
+            return F.unfold(x, k, stride=s, padding=p).transpose(1, 2)
+        if p:
+            x = F.pad(x, (p, p, p, p))
+        windows = x.unfold(2, k, s).unfold(3, k, s)  # (B, C, OH, OW, k, k), a view
+        B, C, oh, ow = windows.shape[:4]
+        return windows.permute(0, 2, 3, 1, 4, 5).reshape(B, oh * ow, C * k * k)
+
+    @staticmethod
+    def soft_split_tokens(x: torch.Tensor, grid: int, split) -> torch.Tensor:
+        """`soft_split` of row-major tokens (B, grid*grid, C), read as the channels-last image they are."""
+        k, s, p = split.kernel, split.stride, split.padding
+        B, _, C = x.shape
+        if _traced():
+            return T2TTokenizer.soft_split(x.transpose(1, 2).reshape(B, C, grid, grid), split)
+        x = x.reshape(B, grid, grid, C)
+        if p:
+            x = F.pad(x, (0, 0, p, p, p, p))
+        windows = x.unfold(1, k, s).unfold(2, k, s)  # (B, OH, OW, C, k, k), a view
+        return windows.reshape(B, windows.shape[1] * windows.shape[2], C * k * k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.soft_split(x, self.splits[0])
         for layer, grid, split in zip(self.token_layers(), self.layer_grids, self.splits[1:]):
-            x = layer(x)
-            B, _, C = x.shape
-            x = self.soft_split(x.transpose(1, 2).reshape(B, C, grid, grid), split)
+            x = self.soft_split_tokens(layer(x), grid, split)
         return self.project(x)
 
 

@@ -1,16 +1,20 @@
-"""The inference kernels of DVT's reuse paths against the batched reference computation.
+"""Eager inference kernels against the forms that autograd, tracing (fvcore, ONNX) and FLOPs counting see.
 
 Eager CPU inference computes the relation-reuse MLP image by image and resamples each block's maps when
 the block asks for them (`ReusedRelations`); adaptive inference can defer an exit's attention logits to
-after the exit decision (`DeferredRelations`). Both must give the maps of the batched (autograd, traced,
-FLOPs-counted) computation within fp32 rounding: measured <= 6e-8 on these tiny configs.
+after the exit decision (`DeferredRelations`). Both must give the maps of the batched computation within
+fp32 rounding (measured <= 6e-8 on these tiny configs). The T2T soft splits gather patches from window
+views instead of `F.unfold`: bit for bit the same.
 """
+import torch.nn.functional as F
 import pytest
 import torch
 
+from common.config import SoftSplit
 from torch_impl import create_model
 from torch_impl.models.exit import DeferredRelations, ReusedRelations
 from torch_impl.models.resample import GridResample
+from torch_impl.models.tokenizers import T2TTokenizer
 
 ATOL = 1e-6
 
@@ -78,3 +82,30 @@ def test_deferral_is_checked():
         model.exits[0](x, defer_relations="yes")
     with pytest.raises(ValueError, match="cannot defer"):
         model.exits[0](x, collect=True, defer_relations="qk")
+
+
+def test_inference_kernels_under_cpu_autocast():
+    """bfloat16 autocast (the benchmark's --amp on CPU): the block-by-block maps come out in bfloat16 and
+    agree with the batched form under the same autocast to bfloat16 precision."""
+    model, _, outs = _model_and_outputs("dvt_tiny_t2t")
+    ex, prev = model.exits[1], outs[0].relations
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            lazy = [m.float() for m in ex.reuse_relations(prev)]
+            assert ex.reuse_relations(prev)[0].dtype == torch.bfloat16
+        with torch.enable_grad():
+            batched = [m.detach().float() for m in ex.reuse_relations(prev)]
+    scale = max(float(m.abs().max()) for m in batched)
+    assert max(float((a - b).abs().max()) for a, b in zip(lazy, batched)) <= 2e-2 * scale
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(7, 4, 2), (14, 8, 3), (11, 6, 5), (3, 2, 1), (2, 2, 0)])
+def test_soft_split_is_unfold_bit_for_bit(kernel, stride, padding):
+    split = SoftSplit(kernel, stride, padding)
+    image = torch.randn(2, 3, 40, 40)
+    expected = F.unfold(image, kernel, stride=stride, padding=padding).transpose(1, 2)
+    assert torch.equal(T2TTokenizer.soft_split(image, split), expected)
+    tokens = torch.randn(2, 16 * 16, 5)  # row-major tokens of a 16 x 16 grid, 5 channels
+    grid = tokens.transpose(1, 2).reshape(2, 5, 16, 16)
+    expected = F.unfold(grid, kernel, stride=stride, padding=padding).transpose(1, 2)
+    assert torch.equal(T2TTokenizer.soft_split_tokens(tokens, 16, split), expected)
