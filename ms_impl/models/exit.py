@@ -243,7 +243,7 @@ class ViTExit(nn.Cell):
             y = self.norm(y) if norm else y
             patches = y[:, 1:]
             if output_fmt == "NCHW":
-                patches = ops.permute(patches.reshape(patches.shape[0], self.grid, self.grid, -1), (0, 3, 1, 2))
+                patches = ops.permute(patches.reshape(patches.shape[0], self.grid, self.grid, patches.shape[-1]), (0, 3, 1, 2))
             intermediates.append((patches, y[:, :1]) if return_prefix_tokens else patches)
         if intermediates_only:
             return intermediates
