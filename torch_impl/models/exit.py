@@ -279,7 +279,7 @@ class ViTExit(nn.Module):
                 for start in range(0, pixels, PIXEL_CHUNK):
                     cols = slice(start, start + PIXEL_CHUNK)
                     torch.addmm(b2, w2, act(torch.addmm(b1, w1, r[:, cols])), out=z[b, :, cols])
-        return ReusedRelations(z.view(batch, -1, tp, tp), self.num_heads, self.relation_resample)
+        return ReusedRelations(z.view(batch, w2.shape[0], tp, tp), self.num_heads, self.relation_resample)
 
     def forward_tokens(self, x: torch.Tensor, prev_features: torch.Tensor | None = None, prev_relations=None, *,
                        collect: bool = False, need_relations: bool = True, fast: bool = False, take=(),
@@ -387,7 +387,8 @@ class ViTExit(nn.Module):
             y = self.norm(y) if norm else y
             patches = y[:, 1:]
             if output_fmt == "NCHW":
-                patches = patches.reshape(patches.shape[0], self.grid, self.grid, -1).permute(0, 3, 1, 2).contiguous()
+                grid = patches.reshape(patches.shape[0], self.grid, self.grid, patches.shape[-1])  # no -1: batch 0
+                patches = grid.permute(0, 3, 1, 2).contiguous()
             intermediates.append((patches, y[:, :1]) if return_prefix_tokens else patches)
         if intermediates_only:
             return intermediates
