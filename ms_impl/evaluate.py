@@ -21,7 +21,9 @@ import sys
 if __package__ in (None, ""):  # run as a script: put the repository, not ms_impl/, on the path
     _here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [os.path.dirname(_here)] + [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
-os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ log: errors only
+from common.quiet_logs import quiet_framework_logs  # noqa: E402
+
+quiet_framework_logs()  # before MindSpore is imported: errors only unless GLOG_v is set
 
 import json
 from pathlib import Path

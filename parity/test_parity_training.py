@@ -12,6 +12,11 @@ Two facts decide how that is measured (numbers in the report):
   logits. Both frameworks return rounding noise there (~1e-10), so a per-tensor relative error is noise
   over noise. Such tensors are found numerically (float64 torch gradient below 1e-9 of the largest one)
   and their difference is measured relative to the largest gradient of the model instead.
+- A few gradients are sums that nearly cancel (a relation-reuse bias feeds every logit of a row, whose
+  softmax gradients sum to ~0): torch's own float32 gradient is then ~5e-5 relative from the float64 one,
+  so two correct float32 implementations can differ by more than 1e-4 (measured: torch 5.9e-5 and
+  MindSpore 4.3e-5 from float64, in opposite directions, 1.02e-4 apart). Such a tensor is checked against
+  the float64 torch gradient instead, each framework within the same 1e-4 relative, and reported.
 - Adam's first step is m/(sqrt(v)+eps) = g/(|g|+eps): it maps a gradient of size ~eps or below to an
   update of up to lr whatever its sign, so it amplifies rounding noise by lr/eps. With the recipes'
   eps=1e-8 a zero-gradient entry moves by +-lr*noise/(noise+eps), ~1e-5 at lr 1e-4 (measured). The
@@ -130,12 +135,19 @@ def test_one_training_step(name, tmp_path):
     g_scale = max(float(np.abs(g).max()) for g in t_grads.values())
     g64_scale = max(float(np.abs(g).max()) for g in grads64.values())
     worst_rel, worst_rel_name, zero_grad, worst_w, worst_w_name = 0.0, "", {}, 0.0, ""
+    ill_conditioned = {}  # canon -> (torch vs MindSpore, torch vs float64, MindSpore vs float64), relative
     for p, g in zip(trainable, m_grads):
         canon = to_canon[p.name]
         diff, rel = max_diffs(g.asnumpy(), t_grads[canon])
         if float(np.abs(grads64[canon]).max()) <= ZERO_GRAD * g64_scale:  # zero in exact arithmetic
             rel = diff / g_scale
             zero_grad[canon] = (float(np.abs(t_grads[canon]).max()), float(np.abs(g.asnumpy()).max()))
+        elif rel > TOL_GRAD_REL:  # a cancelling sum: is each framework's float32 gradient within 1e-4 of exact?
+            g_ms = g.asnumpy()
+            to_exact = (max_diffs(t_grads[canon], grads64[canon])[1], max_diffs(g_ms, grads64[canon])[1])
+            if max(to_exact) <= TOL_GRAD_REL:
+                ill_conditioned[canon] = (rel, *to_exact)
+                continue
         if rel > worst_rel:
             worst_rel, worst_rel_name = rel, canon
         w_diff = float(np.abs(p.asnumpy().astype(np.float64) - t_after[canon]).max())
@@ -151,6 +163,9 @@ def test_one_training_step(name, tmp_path):
     m_worst = next(g.asnumpy() for p, g in zip(trainable, m_grads) if to_canon[p.name] == worst_rel_name)
     values["that gradient vs float64 torch"] = (f"torch {max_diffs(t_grads[worst_rel_name], g64)[1]:.1e}, "
                                                  f"ms {max_diffs(m_worst, g64)[1]:.1e} relative")
+    for canon, (rel, t64, m64) in ill_conditioned.items():
+        values[f"ill-conditioned gradient: {canon}"] = (f"torch vs ms {rel:.1e}; vs float64 torch: torch {t64:.1e}, "
+                                                         f"ms {m64:.1e} relative (each within 1e-4 of exact)")
     exact = sorted(c for c, (gt, gm) in zero_grad.items() if gt == 0 and gm == 0)
     if exact:
         values["exactly zero gradient in both"] = f"{len(exact)} tensors (e.g. {exact[0]})"

@@ -44,6 +44,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
+from common.quiet_logs import quiet_framework_logs  # noqa: E402
+
+quiet_framework_logs()  # before MindSpore is imported: errors only unless GLOG_v is set
+
 from common.checkpoints import CheckpointMismatchError  # noqa: E402
 from common.config import ConfigError  # noqa: E402
 from common.convert import (DTYPES, ConversionError, Conversion, check_target, convert,  # noqa: E402

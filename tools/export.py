@@ -34,6 +34,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
+
+from common.quiet_logs import quiet_framework_logs  # noqa: E402
+
+quiet_framework_logs()  # before MindSpore is imported: errors only unless GLOG_v is set
 TOOLS = str(Path(__file__).resolve().parent)
 if TOOLS not in sys.path:
     sys.path.insert(0, TOOLS)

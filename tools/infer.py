@@ -31,6 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
+from common.quiet_logs import quiet_framework_logs  # noqa: E402
+
+quiet_framework_logs()  # before MindSpore is imported: errors only unless GLOG_v is set
+
 import numpy as np  # noqa: E402
 
 from common.adaptive import scores  # noqa: E402

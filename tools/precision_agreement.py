@@ -30,6 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from common.quiet_logs import quiet_framework_logs  # noqa: E402
+
+quiet_framework_logs()  # before MindSpore is imported: errors only unless GLOG_v is set
+
 from common.divergence import comparison_inputs  # noqa: E402
 from common.precision import RUN_DTYPE, agreement_table, check_tolerance  # noqa: E402
 

@@ -8,6 +8,10 @@ MindSpore-specific: logits, the reused add and the softmax sit in `AttentionLogi
 float32 island. Being its own cell lets every MindSpore mixed-precision mechanism (`to_float` flags,
 `amp_level='auto'`) keep it in float32 (`ms_impl/amp.py`); in a float32 model its casts are no-ops.
 
+Heads are split and merged without MindSpore's CPU Transpose / StridedSlice kernels and `k^T` is a
+`BatchMatMul` flag (`layers.py`: in GRAPH mode those kernels keep per-element tables for the graph's
+lifetime); the values are bit for bit those of the reshape + permute formulation.
+
 `need_logits=False` mirrors torch_impl (the caller throws the logits away: the last exit of adaptive
 inference) and returns None for them. The math stays explicit here: MindSpore 2.10 has no fused attention
 kernel on CPU (`ops.flash_attention_score` and `ops.fused_infer_attention_score` are unregistered there,
@@ -18,7 +22,7 @@ from __future__ import annotations
 import mindspore.common.dtype as mstype
 from mindspore import nn, ops
 
-from .layers import dropout, linear
+from .layers import bmm, bmm_nt, dropout, linear, merge_heads, split_heads
 
 
 class AttentionLogits(nn.Cell):
@@ -29,7 +33,7 @@ class AttentionLogits(nn.Cell):
         self.scale = scale
 
     def construct(self, q, k, reused=None):
-        logits = ops.matmul(q.astype(mstype.float32), k.astype(mstype.float32).swapaxes(-2, -1)) * self.scale
+        logits = bmm_nt(q.astype(mstype.float32), k.astype(mstype.float32)) * self.scale
         if reused is not None:
             logits = logits + reused.astype(mstype.float32)
         return logits, ops.softmax(logits, axis=-1)
@@ -54,12 +58,10 @@ class Attention(nn.Cell):
         self.proj_drop = dropout(proj_drop)
 
     def construct(self, x, reused_logits=None, need_logits=True):
-        b, t, d = x.shape
-        qkv = ops.permute(self.qkv(x).reshape(b, t, 3, self.num_heads, self.head_dim), (2, 0, 3, 1, 4))
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        q, k, v = split_heads(self.qkv(x), 3, self.num_heads)
         logits, attn = self.attn_logits(q, k, reused_logits)
         attn = self.attn_drop(attn)
-        out = ops.matmul(attn.astype(v.dtype), v).swapaxes(1, 2).reshape(b, t, d)
+        out = merge_heads(bmm(attn.astype(v.dtype), v))
         if not need_logits:  # no fused kernel on CPU (module docstring): same math, logits dropped
             return self.proj_drop(self.proj(out)), None
         return self.proj_drop(self.proj(out)), logits

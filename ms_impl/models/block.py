@@ -48,6 +48,7 @@ class Block(nn.Cell):
         self.norm2 = layer_norm(mlp_in, norm_eps)
         self.mlp = Mlp(mlp_in, mlp_hidden, dim, act_layer=act_layer, drop=drop)
         self.feature_reuse = context is not None
+        self.context_dim = context.dim if context is not None else 0
         if context is not None:
             self.feature_reuse_mlp = nn.SequentialCell(
                 layer_norm(dim, norm_eps), Mlp(dim, context.hidden, context.dim, act_layer=act_layer, drop=drop))

@@ -28,7 +28,7 @@ from common.config import DVTConfig
 from common.features import exit_position, take_indices
 
 from .adaptive import AdaptiveResult, adaptive_forward
-from .exit import ViTExit
+from .exit import ViTExit, check_image
 
 
 class DVT(nn.Cell):
@@ -56,6 +56,11 @@ class DVT(nn.Cell):
 
     def construct(self, x):
         """(B, C, H, W) -> tuple of per-exit logits (B, num_classes); one tensor for a single-exit model."""
+        if x.shape[0] == 0:  # MindSpore's CPU LayerNorm refuses empty inputs: zero-row logits, as torch
+            logits = ()
+            for out in self._cascade(x, self.num_exits, False):
+                logits += (out[0],)
+            return logits[0] if len(self.exits) == 1 else logits
         return self.forward_head(self.forward_features(x))
 
     def forward_features(self, x):
@@ -177,6 +182,12 @@ class DVT(nn.Cell):
 
     def _cascade(self, x, num_exits: int, collect: bool):
         outputs = ()
+        if x.shape[0] == 0:  # empty batch: empty outputs of the right shapes, as torch (ViTExit.empty_output)
+            check_image(x, self.config.in_chans, self.config.img_size)
+            for k, exit_ in enumerate(self.exits):
+                if k < num_exits:
+                    outputs += (exit_.empty_output(x.dtype, collect),)
+            return outputs
         features, relations = None, None
         for k, exit_ in enumerate(self.exits):
             if k < num_exits:

@@ -29,7 +29,7 @@ from common.features import check_pool, reduction, take_indices
 from common.pos_embed import sinusoid_table
 
 from .block import Block, ContextSpec
-from .layers import dropout, gelu_layer, global_pool_nlc, layer_norm, linear
+from .layers import dropout, gelu_layer, global_pool_nlc, layer_norm, linear, matmul_nt
 from .resample import GridResample
 from .tokenizers import PatchEmbed, T2TTokenizer
 
@@ -74,6 +74,12 @@ def _matrix(conv_weight, dtype):
     return conv_weight.reshape(conv_weight.shape[0], conv_weight.shape[1]).astype(dtype)
 
 
+def _conv1x1(conv, x):
+    """A 1x1 convolution of (B, C_in, P) pixels as W @ x + b, broadcasts explicit (no Transpose)."""
+    y = ops.matmul(_matrix(conv.weight, x.dtype), x)  # (C_out, C_in) @ (B, C_in, P)
+    return y + ops.broadcast_to(conv.bias.astype(x.dtype).reshape(-1, 1), y.shape)
+
+
 def _trunc_normal(shape) -> Tensor:
     return initializer(TruncatedNormal(sigma=0.02), shape, mstype.float32)
 
@@ -87,6 +93,7 @@ class ViTExit(nn.Cell):
         self.index, self.grid = index, ex.grid
         self.in_chans, self.img_size = cfg.in_chans, cfg.img_size
         self.num_heads = cfg.num_heads
+        self.embed_dim = d
         self.feature_reuse = cfg.uses_feature_reuse(index)
         self.relation_reuse = cfg.uses_relation_reuse(index)
         prev_grid = cfg.exits[index - 1].grid if index > 0 else None
@@ -139,24 +146,23 @@ class ViTExit(nn.Cell):
         """L x (B, H, Tp, Tp) logits of exit k-1 -> L x (B, H, T, T) maps to add, block by block.
 
         `fast=True`: the same maps from fewer, larger kernels: the 1x1 convolutions as matmuls over
-        channels-last pixels, and the resampling of both axes as `M @ R @ M^T` with the dense
-        `relation_matrix` M (cls carried, A kron A on patches).
+        the pixels, and the resampling of both axes as `M @ R @ M^T` with the dense `relation_matrix` M
+        (cls carried, A kron A on patches). No Transpose kernel on the maps (`layers.py`).
         """
         if not fast:
             r = self.relation_reuse_conv(ops.cat(prev_relations, axis=1))  # layer-major channels
             return ops.split(self.relation_resample.relations(r), self.num_heads, axis=1)
         conv1, act, conv2 = self.relation_reuse_conv[0], self.relation_reuse_conv[1], self.relation_reuse_conv[2]
-        pixels = ()
-        for r in prev_relations:
-            pixels += (ops.permute(r, (0, 2, 3, 1)),)
-        x = ops.cat(pixels, axis=-1)  # (B, Tp, Tp, HL) layer-major
-        x = act(ops.matmul(x, _matrix(conv1.weight, x.dtype).swapaxes(0, 1)) + conv1.bias.astype(x.dtype))
-        x = ops.matmul(x, _matrix(conv2.weight, x.dtype).swapaxes(0, 1)) + conv2.bias.astype(x.dtype)
-        b, tp, _, c = x.shape
-        m = self.relation_matrix.astype(x.dtype)
-        r = ops.matmul(ops.permute(x, (0, 3, 1, 2)).reshape(-1, tp, tp), m.swapaxes(0, 1))  # key axis
+        x = ops.cat(prev_relations, axis=1)  # (B, HL, Tp, Tp) layer-major
+        b, c, tp, _ = x.shape
+        x = x.reshape(b, c, tp * tp)
+        x = act(_conv1x1(conv1, x))
+        x = _conv1x1(conv2, x)  # (B, HL, Tp*Tp)
+        m = self.relation_matrix.astype(x.dtype)  # (T, Tp)
         t = m.shape[0]
-        return ops.split(ops.matmul(m, r).reshape(b, c, t, t), self.num_heads, axis=1)  # query axis
+        r = matmul_nt(x.reshape(b * c * tp, tp), m).reshape(b * c, tp, t)  # key axis
+        r = ops.matmul(m, r)  # query axis: (B*HL, T, T); m not broadcast by hand (resample.py)
+        return ops.split(r.reshape(b, c, t, t), self.num_heads, axis=1)
 
     def forward_tokens(self, x, prev_features=None, prev_relations=None, collect=False, need_relations=True,
                        fast=False, take=(), last_block=-1):
@@ -171,7 +177,8 @@ class ViTExit(nn.Cell):
         t = self.tokenize(x)
         cls = ops.broadcast_to(self.cls_token, (t.shape[0], 1, t.shape[2]))
         # The residual stream takes the parameters' dtype: float32 unless the whole exit runs in low precision.
-        t = self.pos_drop(ops.cat((cls, t.astype(cls.dtype)), axis=1) + self.pos_embed)
+        t = ops.cat((cls, t.astype(cls.dtype)), axis=1)
+        t = self.pos_drop(t + ops.broadcast_to(self.pos_embed, t.shape))  # explicit broadcast: layers.py
         reused = self.reuse_relations(prev_relations, fast) if self.relation_reuse else None
         relations = ()
         contexts = ()
@@ -248,6 +255,22 @@ class ViTExit(nn.Cell):
         if intermediates_only:
             return intermediates
         return self.norm(t), intermediates
+
+    def empty_output(self, dtype, collect=False):
+        """What `construct` returns for a batch of 0 images: zero-row tensors of the right shapes.
+
+        MindSpore's CPU LayerNorm refuses empty inputs, so an empty batch never reaches the kernels
+        (torch runs them and gets the same empty tensors)."""
+        t, d, h, depth = self.grid * self.grid + 1, self.embed_dim, self.num_heads, len(self.blocks)
+        logits = ops.zeros((0, self.num_classes), dtype)
+        features = ops.zeros((0, t, d), dtype)
+        relations = ()
+        for _ in range(depth):
+            relations += (ops.zeros((0, h, t, t), dtype),)
+        if not collect:
+            return logits, features, relations
+        context = tuple(ops.zeros((0, t, b.context_dim), dtype) for b in self.blocks) if self.feature_reuse else None
+        return ExitOutput(logits, features, relations, context, relations if self.relation_reuse else None)
 
     def _check_reuse_inputs(self, prev_features, prev_relations) -> None:
         if self.feature_reuse != (prev_features is not None):

@@ -4,6 +4,15 @@ factory, Mlp and DropPath (MindSpore has no timm, so the last two are written ou
 MindSpore's defaults differ from torch's where parity depends on them (DESIGN.md §6): `nn.LayerNorm`
 uses eps 1e-7, `nn.GELU()` the tanh approximation, `nn.Dense` a He-uniform init. The helpers here spell
 every one of those choices out, so no cell of the model relies on a framework default.
+
+Kernels that GRAPH mode on CPU pays for (measured on MindSpore 2.10, README "MindSpore GRAPH mode
+memory"): its CPU `Transpose` kernel keeps a table of one 8-byte offset per output element, `Div` and
+every broadcasting `Add`/`Sub`/`Mul` two of them, for as long as the compiled graph lives, and its
+`StridedSlice` copies slowly. So the cells avoid them on activations: heads are split and merged with
+`split`/`stack`/`cat` (`split_heads`, `merge_heads`), matmuls take their transposes as `BatchMatMul`
+flags, broadcasts are explicit (`ops.broadcast_to`, then a same-shape op), and a division by a
+tensor is a multiplication by its (small) reciprocal. These only move data or round alike (within
+one fp32 ulp for the reciprocal), and they are as fast or faster in PYNATIVE mode too.
 """
 from __future__ import annotations
 
@@ -13,7 +22,28 @@ from mindspore import nn, ops
 from mindspore.common.initializer import TruncatedNormal
 
 __all__ = ["linear", "layer_norm", "GELU", "gelu_layer", "dropout", "drop_path_layer", "DropPath", "Mlp",
-           "global_pool_nlc"]
+           "global_pool_nlc", "split_heads", "merge_heads", "bmm", "bmm_nt", "bmm_tn", "matmul_nt"]
+
+SQRT1_2 = 0.7071067811865476  # 1 / sqrt(2), as torch's exact GELU kernel multiplies by it
+
+# matmuls with their transposes as kernel flags (module docstring); stateless primitives, shared by every cell
+bmm = ops.BatchMatMul()
+bmm_nt = ops.BatchMatMul(transpose_b=True)  # a @ b^T
+bmm_tn = ops.BatchMatMul(transpose_a=True)  # a^T @ b
+matmul_nt = ops.MatMul(transpose_b=True)  # 2-D a @ b^T
+
+
+def split_heads(x, parts: int, num_heads: int) -> tuple:
+    """(B, T, parts * H * hd) -> `parts` tensors (B, H, T, hd): exactly the reshape + permute + select of the
+    reference, written as one split and `parts` stacks (no Transpose / StridedSlice kernel, module docstring)."""
+    pieces = ops.split(x, x.shape[-1] // (parts * num_heads), axis=-1)
+    return tuple(ops.stack(pieces[i * num_heads:(i + 1) * num_heads], axis=1) for i in range(parts))
+
+
+def merge_heads(x):
+    """(B, H, T, hd) -> (B, T, H * hd), the reference's transpose(1, 2).reshape, as a split and a concat."""
+    b, h, t, d = x.shape
+    return ops.cat([p.reshape(b, t, d) for p in ops.split(x, 1, axis=1)], axis=-1)
 
 
 def linear(in_features: int, out_features: int, bias: bool = True) -> nn.Dense:
@@ -41,6 +71,11 @@ class GELU(nn.Cell):
         self.approximate = approximate
 
     def construct(self, x):
+        if self.approximate == "none":
+            # x/2 (1 + erf(x / sqrt 2)), multiplied out as torch's CPU kernel does: MindSpore's own exact
+            # gelu divides by sqrt 2 and adds a 0-d tensor, two table-keeping kernels in GRAPH mode (module
+            # docstring); this form is also faster in both modes.
+            return x * 0.5 * (1.0 + ops.erf(x * SQRT1_2))
         return ops.gelu(x, approximate=self.approximate)
 
     def extend_repr(self):

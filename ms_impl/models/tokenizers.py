@@ -1,7 +1,12 @@
 """Tokenizers: T2T (soft splits + Performer or Transformer token layers) and DeiT's Conv2d patch embedding.
 
-Soft splits use `ops.unfold`, which matches torch's `F.unfold` exactly (the old `nn.Unfold` has no
-CPU kernel). The Performer's random-feature matrix `w` is a frozen Parameter: it is saved in and loaded
+A soft split is torch's `F.unfold` followed by `transpose(1, 2)`, and the next one starts from tokens
+reshaped back to their grid. All of that only moves values (and pads zeros), so here each soft split is
+one `ops.gather` with a constant index computed once in numpy (`soft_split_index`), straight from the
+image or from the previous token layer's (B, L, C) output to the (B, L', C k^2) patches: bit for bit
+`ops.unfold` + transposes, faster in both modes, and without the Transpose kernels that hold
+per-element tables in GRAPH mode (`layers.py`). The index depends on the image size only, never on
+the batch. The Performer's random-feature matrix `w` is a frozen Parameter: it is saved in and loaded
 from checkpoints, never redrawn after construction.
 """
 from __future__ import annotations
@@ -15,7 +20,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from common.config import PatchTokenizerConfig, T2TTokenizerConfig
 
 from .attention import AttentionLogits
-from .layers import Mlp, gelu_layer, layer_norm, linear
+from .layers import Mlp, bmm, bmm_nt, bmm_tn, gelu_layer, layer_norm, linear, matmul_nt
 from .layers import dropout as make_dropout
 
 TOKEN_LAYER_NORM_EPS = 1e-5  # token layers use nn.LayerNorm defaults in the reference
@@ -40,24 +45,30 @@ class RandomFeatureAttention(nn.Cell):
     """The Performer's linear attention as a parameterless float32 island (kept fp32 under every AMP level).
 
     phi(z) = exp(z @ w^T - |z|^2 / 2) / sqrt(m); y = phi(q) (phi(k)^T v) / (phi(q) sum_t phi(k) + eps).
+    Transposes are matmul flags, broadcasts explicit, and the two divisions multiply by a reciprocal
+    (within one fp32 ulp of dividing; `layers.py` says why).
     """
 
     def __init__(self, num_features: int, epsilon: float = 1e-8):
         super().__init__()
         self.m = num_features
         self.epsilon = epsilon
+        self.inv_sqrt_m = 1.0 / math.sqrt(num_features)
 
     def random_features(self, z, w):
         """(B, T, emb) -> (B, T, m)."""
-        return ops.exp(ops.matmul(z, w.swapaxes(0, 1)) - (z * z).sum(axis=-1, keepdims=True) / 2) / math.sqrt(self.m)
+        wz = matmul_nt(z.reshape(-1, z.shape[-1]), w).reshape(z.shape[:-1] + (self.m,))
+        half_sq = (z * z).sum(axis=-1, keepdims=True) * 0.5
+        return ops.exp(wz - ops.broadcast_to(half_sq, wz.shape)) * self.inv_sqrt_m
 
     def construct(self, q, k, v, w):
         w = w.astype(mstype.float32)
         qp = self.random_features(q.astype(mstype.float32), w)
         kp = self.random_features(k.astype(mstype.float32), w)
-        normaliser = ops.matmul(qp, kp.sum(axis=1).expand_dims(-1))  # (B, T, 1)
-        kptv = ops.matmul(v.astype(mstype.float32).swapaxes(1, 2), kp)  # (B, emb, m)
-        return ops.matmul(qp, kptv.swapaxes(1, 2)) / (normaliser + self.epsilon)
+        normaliser = bmm(qp, kp.sum(axis=1).expand_dims(-1))  # (B, T, 1)
+        kptv = bmm_tn(v.astype(mstype.float32), kp)  # (B, emb, m)
+        y = bmm_nt(qp, kptv)  # (B, T, emb)
+        return y * ops.broadcast_to(ops.reciprocal(normaliser + self.epsilon), y.shape)
 
 
 class TokenPerformer(nn.Cell):
@@ -102,12 +113,10 @@ class TokenAttention(nn.Cell):
         self.proj = linear(emb, emb)
 
     def construct(self, x):
-        b, t, _ = x.shape
-        qkv = ops.permute(self.qkv(x).reshape(b, t, 3, 1, self.emb), (2, 0, 3, 1, 4))
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        q, k, v = ops.split(self.qkv(x), self.emb, axis=-1)  # one head: (B, T, emb) each, no permute needed
         _, attn = self.attn_logits(q, k)
-        y = self.proj(ops.matmul(attn.astype(v.dtype), v).swapaxes(1, 2).reshape(b, t, self.emb))
-        return v.squeeze(1) + y
+        y = self.proj(bmm(attn.astype(v.dtype), v))
+        return v + y
 
 
 class TokenTransformer(nn.Cell):
@@ -125,8 +134,32 @@ class TokenTransformer(nn.Cell):
         return x + self.mlp(self.norm2(x))
 
 
+def soft_split_index(channels: int, grid: int, kernel: int, stride: int, padding: int,
+                     channels_last: bool) -> np.ndarray:
+    """int32 index (L' * C * k^2,) such that `gather(cat[flat, 0], index)` is torch's
+    `F.unfold(x, k, stride=s, padding=p).transpose(1, 2)` of a (C, grid, grid) map, flattened.
+
+    `flat` is one sample flattened: the map itself (C, grid, grid) or, `channels_last`, the row-major
+    tokens (grid * grid, C) that the reference reshapes to that map first. Padding reads the appended 0.
+    Patch columns are ordered (c, ki, kj), patches row-major over the output grid, as F.unfold does.
+    """
+    out = (grid + 2 * padding - kernel) // stride + 1
+    start = np.arange(out) * stride - padding  # first input row (column) of each output row (column)
+    pos = start[:, None] + np.arange(kernel)[None, :]  # (out, k) input rows (columns)
+    inside = (pos >= 0) & (pos < grid)
+    y = pos[:, None, None, :, None]  # axes: out_y, out_x, c, ki, kj
+    x = pos[None, :, None, None, :]
+    c = np.arange(channels)[None, None, :, None, None]
+    flat = (y * grid + x) * channels + c if channels_last else (c * grid + y) * grid + x
+    valid = inside[:, None, None, :, None] & inside[None, :, None, None, :]
+    index = np.where(valid, flat, channels * grid * grid)  # padding -> the appended zero
+    return np.broadcast_to(index, (out, out, channels, kernel, kernel)).reshape(-1).astype(np.int32)
+
+
 class T2TTokenizer(nn.Cell):
-    """Tokens-to-token: (B, C, H, W) -> (B, grid*grid, dim). Token layers are `attention1..n`."""
+    """Tokens-to-token: (B, C, H, W) -> (B, grid*grid, dim). Token layers are `attention1..n`.
+
+    Soft split i is one gather with the constant `split_index{i}` (module docstring)."""
 
     def __init__(self, cfg: T2TTokenizerConfig, in_chans: int, dim: int, img_size: int, act_layer=None):
         super().__init__()
@@ -140,21 +173,32 @@ class T2TTokenizer(nn.Cell):
             setattr(self, f"attention{i}", layer)
         self.layer_names = tuple(f"attention{i}" for i in range(1, len(self.splits)))
         self.project = linear(cfg.project_in_dim(), dim)
+        grids = (img_size,) + self.layer_grids
+        chans = (in_chans,) + (cfg.token_dim,) * len(self.layer_grids)
+        self.split_widths = tuple(c * k * k for c, (k, _, _) in zip(chans, self.splits))
+        self.split_lengths = tuple((g + 2 * p - k) // s + 1 for (k, s, p), g in zip(self.splits, grids))
+        self.split_lengths = tuple(n * n for n in self.split_lengths)
+        self.split_index_names = tuple(f"split_index{i}" for i in range(len(self.splits)))
+        for i, ((k, stride, pad), grid, c) in enumerate(zip(self.splits, grids, chans)):
+            # constants, not Parameters: nothing to train or save; batch-independent
+            index = soft_split_index(c, grid, k, stride, pad, channels_last=i > 0)
+            setattr(self, self.split_index_names[i], Tensor(index))
 
     def token_layers(self) -> list:
         return [getattr(self, name) for name in self.layer_names]
 
     def soft_split(self, x, index: int):
-        kernel, stride, padding = self.splits[index]
-        return ops.unfold(x, kernel_size=kernel, dilation=1, padding=padding, stride=stride).swapaxes(1, 2)
+        """Split `index` of an image (B, C, H, W) (index 0) or of tokens (B, L, C) -> patches (B, L', C k^2)."""
+        b = x.shape[0]
+        flat = x.reshape(b, -1)
+        flat = ops.cat((flat, ops.zeros_like(flat[:, :1])), axis=1)  # the padding value
+        patches = ops.gather(flat, getattr(self, self.split_index_names[index]), 1)
+        return patches.reshape(b, self.split_lengths[index], self.split_widths[index])
 
     def construct(self, x):
         x = self.soft_split(x, 0)
         for i, name in enumerate(self.layer_names):
-            x = getattr(self, name)(x)
-            b, _, c = x.shape
-            grid = self.layer_grids[i]
-            x = self.soft_split(x.swapaxes(1, 2).reshape(b, c, grid, grid), i + 1)
+            x = self.soft_split(getattr(self, name)(x), i + 1)
         return self.project(x)
 
 
