@@ -83,7 +83,7 @@ def make_app(spec: ServiceSpec):
     from starlette.requests import Request
     from starlette.responses import JSONResponse
 
-    from .requests import RequestError, RequestLimits, parse_budget, request_image
+    from .requests import RequestError, RequestLimits, json_ready, parse_budget, request_image
     from .worker import Item
 
     @serve.deployment(num_replicas=1, max_ongoing_requests=max(1024, 8 * spec.max_batch),
@@ -109,7 +109,7 @@ def make_app(spec: ServiceSpec):
 
         def _refuse(self, status: int, message: str):
             self.worker.metrics.refuse(status)
-            return JSONResponse({"error": message, "status": status}, status_code=status)
+            return JSONResponse(json_ready({"error": message, "status": status}), status_code=status)
 
         async def __call__(self, request: Request):
             arrived = time.monotonic()
@@ -118,8 +118,8 @@ def make_app(spec: ServiceSpec):
                 if request.method != "GET":
                     return self._refuse(405, f"{path} takes GET, got {request.method}")
                 if path == "/health":
-                    return JSONResponse(self.info)
-                return JSONResponse(self.worker.metrics.snapshot())
+                    return JSONResponse(json_ready(self.info))
+                return JSONResponse(json_ready(self.worker.metrics.snapshot()))
             if path != "/predict":
                 return self._refuse(404, f"no route {path}: use POST /predict, GET /health or GET /metrics")
             if request.method != "POST":
@@ -142,7 +142,7 @@ def make_app(spec: ServiceSpec):
                 return JSONResponse({"error": f"inference failed: {type(err).__name__}: {err}", "status": 500},
                                     status_code=500)
             self.worker.metrics.answered(time.monotonic() - arrived)
-            return JSONResponse(result)
+            return JSONResponse(json_ready(result))
 
     return DVTService.bind(asdict(spec))
 

@@ -87,3 +87,16 @@ def decode_image(body: bytes, kind: str, limits: RequestLimits) -> Image.Image:
 def request_image(body: bytes, content_type: str | None, preprocessing: dict, limits: RequestLimits) -> np.ndarray:
     """(C, H, W) float32: the body decoded and put through the evaluation preprocessing of the model."""
     return preprocess_image(decode_image(body, content_kind(content_type), limits), preprocessing)
+
+
+def json_ready(value):
+    """`value` with every non-finite float written as the string "inf", "-inf" or "nan", recursively through
+    dicts, lists and tuples. JSON has no infinities (Starlette's JSONResponse refuses them), and thresholds hold
+    them: inf at an exit nobody may leave, -inf at the last exit, which takes everyone."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
