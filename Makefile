@@ -5,8 +5,7 @@ STAMP       := $(VENV)/.installed
 CONSTRAINTS := requirements/constraints.txt
 EXTRAS      := torch,mindspore,deploy,serve,dev
 PYTEST_ARGS ?=
-# Two pytest-xdist workers for 2 cores (tests/conftest.py: one thread each, shared runs made once, the slow
-# files first: --no-loadscope-reorder keeps that order, xdist's default would send the largest files first).
+# Two pytest-xdist workers for 2 cores (tests/conftest.py: one thread each, shared runs made once).
 PYTEST_WORKERS ?= 2
 
 .PHONY: setup test demo flops readme-table clean
@@ -28,7 +27,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@touch $(STAMP)
 
 test: setup
-	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder tests/ parity/ $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) --dist loadfile tests/ parity/ $(PYTEST_ARGS)
 
 demo: setup
 	$(PYTHON) tools/demo.py

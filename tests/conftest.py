@@ -28,9 +28,6 @@ SLOW_FIRST = (
     "tests/test_torch_train_default.py",
     "tests/test_demo.py",
     "tests/test_ms_train_processes.py",
-    "parity/test_parity_export_full.py",
-    "tests/test_ms_train.py",
-    "parity/test_parity_export.py",
 )
 
 
