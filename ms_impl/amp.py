@@ -104,3 +104,17 @@ def apply_amp(net: nn.Cell, level: str = "O1", dtype=mstype.float16) -> nn.Cell:
 def _flagged(net: nn.Cell) -> bool:
     """Whether any cell carries a `to_float` precision flag."""
     return any(getattr(cell, "mixed_precision_type", None) is not None for _, cell in net.cells_and_names())
+
+
+def reset_pynative_precision() -> None:
+    """Clear PYNATIVE's process-wide "current precision" after a mixed-precision forward that raised.
+
+    Why: a `to_float` cell sets the executor's mixed-precision type when it is called and resets it when it
+    returns (`Cell._call_pre_process` / `_call_post_process` in MindSpore 2.10), with no `finally`. A forward
+    that raises inside such a cell (bfloat16 on a CPU without bfloat16 kernels) leaves the type set, and
+    every later PYNATIVE call of every model in the process casts its inputs: a fresh float32 model then
+    fails with "Select CPU operator[Gather] fail" on bfloat16 (found through tools/precision_agreement.py's
+    O1-bf16 run followed by the training-parity tests in one process)."""
+    from mindspore._c_expression import MixedPrecisionType
+    from mindspore.graph.api import _pynative_executor
+    _pynative_executor.set_mixed_precision_type(MixedPrecisionType.NOTSET, False)

@@ -69,7 +69,7 @@ def _running(model, precision: str):
     """PYNATIVE (hooks and per-stage outputs need op-by-op execution), eval, `precision` applied; all undone after."""
     if precision not in PRECISIONS:
         raise ValueError(f"MindSpore precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-    from .amp import apply_amp
+    from .amp import apply_amp, reset_pynative_precision
     mode = ms.get_context("mode")
     ms.set_context(mode=ms.PYNATIVE_MODE)
     model.set_train(False)
@@ -80,6 +80,7 @@ def _running(model, precision: str):
     finally:
         if PRECISIONS[precision] is not None:
             apply_amp(model, "O0")
+            reset_pynative_precision()  # a forward that raised inside a low-precision cell left it set
         ms.set_context(mode=mode)
 
 

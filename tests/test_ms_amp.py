@@ -124,3 +124,21 @@ def test_bfloat16_where_the_backend_has_kernels():
     cfg = get_config("t2t_vit_tiny")
     net = apply_amp(create_model("t2t_vit_tiny"), "O1", "bfloat16")
     assert all(np.isfinite(o.asnumpy()).all() for o in per_exit(net(images(cfg))))
+
+
+def test_a_failed_low_precision_run_leaves_no_precision_behind():
+    """MindSpore keeps PYNATIVE's current precision in the process and does not reset it when a low-precision
+    cell raises; ms_impl.stages resets it (ms_impl.amp.reset_pynative_precision), so later models run float32."""
+    from ms_impl import stages
+    cfg = get_config(NAME)
+    fresh = create_model(NAME, **SMALL)
+    x = images(cfg)
+    before = [lg.asnumpy() for lg in per_exit(fresh(x))]
+    net = create_model(NAME, **SMALL)
+    try:  # raises on a CPU (no bfloat16 MatMul kernel); runs where the kernels exist
+        stages.run_logits(net, x.asnumpy(), "O1-bf16")
+    except (TypeError, RuntimeError, ValueError):
+        pass
+    after = [lg.asnumpy() for lg in per_exit(fresh(x))]
+    assert all(a.dtype == np.float32 for a in after)
+    assert all(np.array_equal(a, b) for a, b in zip(after, before))
