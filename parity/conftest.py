@@ -21,6 +21,9 @@ import paritylib  # noqa: E402
 
 
 def pytest_configure(config):
+    if paritylib.have("mindspore"):  # synchronous CPU launch before any kernel runs (tests/conftest.py)
+        from ms_impl.runtime import synchronous_cpu_launch
+        synchronous_cpu_launch()
     config.addinivalue_line("markers", "parity_all: full-size forward parity of the non-reference registered "
                                        "configs (opt-in: DVT_PARITY_ALL=1)")
 
