@@ -5,7 +5,9 @@ STAMP       := $(VENV)/.installed
 CONSTRAINTS := requirements/constraints.txt
 EXTRAS      := torch,mindspore,deploy,serve,dev
 PYTEST_ARGS ?=
-# Two pytest-xdist workers for 2 cores (tests/conftest.py: one thread each, shared runs made once).
+# Two pytest-xdist workers for 2 cores (tests/conftest.py: one thread each, shared runs made once, the slow
+# files first: --no-loadscope-reorder keeps that order, xdist's default sends the files with most tests first
+# and so left the two default training runs for last).
 PYTEST_WORKERS ?= 2
 
 .PHONY: setup test demo flops readme-table clean
@@ -27,7 +29,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@touch $(STAMP)
 
 test: setup
-	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) --dist loadfile tests/ parity/ $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder tests/ parity/ $(PYTEST_ARGS)
 
 demo: setup
 	$(PYTHON) tools/demo.py
