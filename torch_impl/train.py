@@ -269,6 +269,7 @@ def main(argv=None) -> int:
         return 2
     try:
         with claim_train_output(args, FRAMEWORK, writer=dist.is_main) as out:
+            dist.barrier()  # every rank has checked --output before rank 0 writes into it (no race on run files)
             return train(args, dist, out)
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
