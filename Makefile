@@ -7,7 +7,7 @@ EXTRAS      := torch,mindspore,deploy,serve,dev
 PYTEST_ARGS ?=
 # Two pytest-xdist workers for 2 cores (tests/conftest.py: one thread each, shared runs made once, the slow
 # files first: --no-loadscope-reorder keeps that order, xdist's default sends the files with most tests first
-# and so left the two default training runs for last).
+# and so left the two default training runs for last). --durations: the slowest tests in every CI log (issue 16).
 PYTEST_WORKERS ?= 2
 
 .PHONY: setup test demo flops readme-table clean
@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@touch $(STAMP)
 
 test: setup
-	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder tests/ parity/ $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=40 tests/ parity/ $(PYTEST_ARGS)
 
 demo: setup
 	$(PYTHON) tools/demo.py
