@@ -118,8 +118,9 @@ def test_export_refusals_leave_nothing(run, tmp_path, capsys, monkeypatch):
         ([ckpt, "--out", str(out), "--format", "onnx", "--batch-sizes", "4,4"], "distinct positive integers"),
         ([ckpt, "--out", str(out), "--format", "onnx", "--thresholds", "0.5,0.5,0.5,0.5"], "--thresholds"),
         ([ckpt, "--out", str(out), "--format", "onnx", "--model", "dvt_tiny_t2t"], "does not fit"),
-        ([ckpt, "--out", str(tmp_path / "no" / "exp"), "--format", "onnx"], "does not exist"),
+        ([ckpt, "--out", str(tmp_path / "a_file" / "exp"), "--format", "onnx"], "is not a folder"),
     ]
+    (tmp_path / "a_file").write_text("not a folder")
     for argv, words in cases:
         code, err = _status(capsys, export_tool.main, argv)
         assert code == 2 and words in err, (argv, err)
@@ -144,7 +145,7 @@ def test_export_refusals_leave_nothing(run, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.onnx, "export", broken)
     code, err = _status(capsys, export_tool.main, [ckpt, "--out", str(out), "--format", "onnx", "--dynamic-batch"])
     assert code == 2 and "the ONNX exporter cannot handle exit 1 of dvt_tiny_digits" in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.json"]  # no DIR, no staging folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "other.json"]  # no DIR, no staging folder
 
 
 def test_existing_dir_needs_force(exported, run, tmp_path, capsys):
@@ -246,3 +247,18 @@ def test_infer_runs_with_only_common_and_onnxruntime(exported, image_folder, tmp
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "NO FRAMEWORK" in proc.stdout and "12 images" in proc.stdout
     assert len(_results(out)) == 12
+
+
+def test_missing_parent_folders_are_made_and_removed_when_the_export_fails(run, tmp_path, capsys, monkeypatch):
+    """`--out exports/a-onnx` on a fresh checkout (README): the parents are made, as training makes --output;
+    an export that fails removes the folders it made and nothing else."""
+    argv = [str(run / "checkpoint.pth"), "--format", "onnx", "--dynamic-batch", "--no-verify", "--out"]
+    out = tmp_path / "exports" / "nested" / "a-onnx"
+    assert export_tool.main(argv + [str(out)]) == 0 and (out / "manifest.json").is_file()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["a-onnx"]  # no staging folder left beside it
+    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no")))
+    code, err = _status(capsys, export_tool.main, argv + [str(tmp_path / "new" / "deeper" / "b-onnx")])
+    assert code == 2 and "cannot handle" in err
+    assert not (tmp_path / "new").exists()
+    code, err = _status(capsys, export_tool.main, argv + [str(tmp_path / "exports" / "c" / "c-onnx")])
+    assert code == 2 and sorted(p.name for p in (tmp_path / "exports").iterdir()) == ["nested"]  # kept: not made

@@ -6,7 +6,7 @@
 
 The project's output-folder policy (common/training/output_folder.py), for a folder that is one artefact:
 
-- a missing or empty destination is written;
+- a missing or empty destination is written (missing parent folders are made, and removed again on failure);
 - a destination holding a previous export (its manifest.json and exactly the files it lists) is refused
   unless `force`; with `force` the old export is moved aside, the new one renamed in and the old one
   deleted, so a reader sees the old export or the new one, never a mixture;
@@ -25,6 +25,8 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
+from common.training.output_folder import missing_ancestors
+
 from .manifest import FORMAT, MANIFEST, DeployError
 
 
@@ -40,10 +42,14 @@ def _export_files(out: Path) -> set[str] | None:
 
 
 def check_destination(out, force: bool) -> None:
-    """DeployError unless an export may be written to `out` (module docstring)."""
+    """DeployError unless an export may be written to `out` (module docstring). Missing parent folders are
+    fine (`staged_folder` makes them, as training makes its --output); one that is a file is not."""
     out = Path(out)
-    if not out.resolve().parent.is_dir():
-        raise DeployError(f"cannot write {out}: folder {out.resolve().parent} does not exist")
+    ancestor = out.resolve().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise DeployError(f"cannot write {out}: {ancestor} is not a folder")
     if not os.path.lexists(out):
         return
     if not out.is_dir() or out.is_symlink():
@@ -81,8 +87,11 @@ def staged_folder(out, force: bool = False) -> Iterator[Path]:
     out = Path(out)
     check_destination(out, force)
     parent = out.resolve().parent
+    made = missing_ancestors(parent)  # removed again if the export fails: a failed command leaves no trace
+    parent.mkdir(parents=True, exist_ok=True)
     tmp = parent / f".{out.name}.staging-{uuid.uuid4().hex}"
     tmp.mkdir()
+    done = False
     try:
         yield tmp
         for f in tmp.iterdir():  # the files are complete on disk before the folder appears
@@ -102,7 +111,14 @@ def staged_folder(out, force: bool = False) -> Iterator[Path]:
                 old.rename(out)  # put the previous export back
             raise
         _fsync_dir(parent)
+        done = True
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not done:
+            for folder in made:  # deepest first; stop at the first that is not empty (someone else's now)
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break

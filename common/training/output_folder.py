@@ -80,7 +80,7 @@ def safe_name(text: str) -> str:
     return cleaned or "run"
 
 
-def _missing_ancestors(path: Path) -> list[Path]:
+def missing_ancestors(path: Path) -> list[Path]:
     """`path` and those of its ancestors that do not exist yet, deepest first (what mkdir(parents=True) makes)."""
     out = []
     while not path.exists() and path != path.parent:
@@ -178,7 +178,7 @@ def claim_output(output: str | os.PathLike | None, *, kind: str, name: str, file
         if not writer:
             yield Path(root) / kind / "(chosen by rank 0)"
             return
-        made = _missing_ancestors(Path(root) / kind)
+        made = missing_ancestors(Path(root) / kind)
         path = new_run_folder(kind, name, root)
         folder = OutputFolder(path, [path] + made)
         if not quiet:
@@ -195,7 +195,7 @@ def claim_output(output: str | os.PathLike | None, *, kind: str, name: str, file
     if not writer:
         yield path
         return
-    made = _missing_ancestors(path)
+    made = missing_ancestors(path)
     path.mkdir(parents=True, exist_ok=True)
     folder = OutputFolder(path, made)
     folder.lock()
