@@ -6,6 +6,7 @@ after the exit decision (`DeferredRelations`). Both must give the maps of the ba
 fp32 rounding (measured <= 6e-8 on these tiny configs). The T2T soft splits gather patches from window
 views instead of `F.unfold`: bit for bit the same.
 """
+import numpy as np
 import torch.nn.functional as F
 import pytest
 import torch
@@ -109,3 +110,35 @@ def test_soft_split_is_unfold_bit_for_bit(kernel, stride, padding):
     grid = tokens.transpose(1, 2).reshape(2, 5, 16, 16)
     expected = F.unfold(grid, kernel, stride=stride, padding=padding).transpose(1, 2)
     assert torch.equal(T2TTokenizer.soft_split_tokens(tokens, 16, split), expected)
+
+
+class _SoftSplits(torch.nn.Module):
+    def __init__(self, split):
+        super().__init__()
+        self.split = split
+
+    def forward(self, image, tokens):
+        return T2TTokenizer.soft_split(image, self.split), T2TTokenizer.soft_split_tokens(tokens, 16, self.split)
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(7, 4, 2), (14, 8, 3), (3, 2, 1)])
+def test_exported_soft_split_is_unfold_bit_for_bit_without_gathers(kernel, stride, padding, tmp_path):
+    """Under ONNX export the soft splits are strided slices (`_soft_split_slices`; torch exports `F.unfold` as
+    index Gathers, slower in ONNX Runtime): onnxruntime gives F.unfold's values exactly, batch axis dynamic."""
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    split = SoftSplit(kernel, stride, padding)
+    image, tokens = torch.randn(2, 3, 40, 40), torch.randn(2, 16 * 16, 5)
+    path = tmp_path / "splits.onnx"
+    torch.onnx.export(_SoftSplits(split), (image, tokens), str(path), input_names=["image", "tokens"],
+                      output_names=["a", "b"], dynamic_axes={n: {0: "batch"} for n in ("image", "tokens", "a", "b")},
+                      opset_version=17, dynamo=False)
+    nodes = onnx.load(str(path)).graph.node
+    made_by = {out: node.op_type for node in nodes for out in node.output}
+    assert {made_by.get(node.input[0]) for node in nodes if node.op_type == "Gather"} <= {"Shape"}  # sizes only
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    image, tokens = torch.randn(3, 3, 40, 40), torch.randn(3, 16 * 16, 5)  # another batch size
+    a, b = session.run(None, {"image": image.numpy(), "tokens": tokens.numpy()})
+    grid = tokens.transpose(1, 2).reshape(3, 5, 16, 16)
+    assert np.array_equal(a, F.unfold(image, kernel, stride=stride, padding=padding).transpose(1, 2).numpy())
+    assert np.array_equal(b, F.unfold(grid, kernel, stride=stride, padding=padding).transpose(1, 2).numpy())

@@ -90,9 +90,9 @@ def staged_folder(out, force: bool = False) -> Iterator[Path]:
     made = missing_ancestors(parent)  # removed again if the export fails: a failed command leaves no trace
     parent.mkdir(parents=True, exist_ok=True)
     tmp = parent / f".{out.name}.staging-{uuid.uuid4().hex}"
-    tmp.mkdir()
     done = False
     try:
+        tmp.mkdir()
         yield tmp
         for f in tmp.iterdir():  # the files are complete on disk before the folder appears
             if f.is_file():
