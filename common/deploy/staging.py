@@ -45,9 +45,9 @@ def check_destination(out, force: bool) -> None:
     """DeployError unless an export may be written to `out` (module docstring). Missing parent folders are
     fine (`staged_folder` makes them, as training makes its --output); one that is a file is not."""
     out = Path(out)
-    ancestor = out.resolve().parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
+    parent = out.resolve().parent
+    missing = missing_ancestors(parent)
+    ancestor = missing[-1].parent if missing else parent  # the nearest one that exists
     if not ancestor.is_dir():
         raise DeployError(f"cannot write {out}: {ancestor} is not a folder")
     if not os.path.lexists(out):
@@ -88,10 +88,10 @@ def staged_folder(out, force: bool = False) -> Iterator[Path]:
     check_destination(out, force)
     parent = out.resolve().parent
     made = missing_ancestors(parent)  # removed again if the export fails: a failed command leaves no trace
-    parent.mkdir(parents=True, exist_ok=True)
     tmp = parent / f".{out.name}.staging-{uuid.uuid4().hex}"
     done = False
     try:
+        parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
         yield tmp
         for f in tmp.iterdir():  # the files are complete on disk before the folder appears
